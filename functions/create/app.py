@@ -1,0 +1,26 @@
+"""POST /fhir/{type}: create a resource (version 1) or record a Provenance."""
+
+from aws_lambda_powertools.event_handler import Response
+from esus.api import FhirRequest, create_app, lambda_entry, provenance_version, write_response
+from esus.auth import CREATE
+from esus.container import services
+from esus.fhir import PROVENANCE
+from esus.provenance import parse_x_provenance
+
+app = create_app()
+
+
+@app.post("/fhir/<resource_type>")
+def create(resource_type: str) -> Response[str]:
+    request = FhirRequest(app)
+    principal = request.authorize(resource_type, CREATE)
+    body = request.json_body()
+    if resource_type == PROVENANCE:
+        record = services().provenance.create(principal, body)
+        return write_response(request, provenance_version(record), 201)
+    x_provenance = parse_x_provenance(request.header("X-Provenance"))
+    version = services().resources.create(principal, resource_type, body, x_provenance)
+    return write_response(request, version, 201)
+
+
+handler = lambda_entry(app)

@@ -1,0 +1,24 @@
+"""GET /fhir/{type}/{id}/_history: the versions, newest first, paged."""
+
+from aws_lambda_powertools.event_handler import Response
+from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.auth import READ
+from esus.bundles import history_bundle
+from esus.container import services
+
+app = create_app()
+
+
+@app.get("/fhir/<resource_type>/<resource_id>/_history")
+def history(resource_type: str, resource_id: str) -> Response[str]:
+    request = FhirRequest(app)
+    principal = request.authorize(resource_type, READ)
+    params = request.query()
+    page = services().resources.history(resource_type, resource_id, principal.tenant, params)
+    next_url = None
+    if page.next_cursor:
+        next_url = request.url_with(_cursor=page.next_cursor)
+    return fhir_response(200, history_bundle(request.base_url, request.url, page.versions, next_url))
+
+
+handler = lambda_entry(app)

@@ -1,0 +1,16 @@
+"""GET /fhir/metadata: the CapabilityStatement (no authentication)."""
+
+from aws_lambda_powertools.event_handler import Response
+from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.capability import capability_statement
+from esus.settings import get_settings
+
+app = create_app()
+
+
+@app.get("/fhir/metadata")
+def metadata() -> Response[str]:
+    return fhir_response(200, capability_statement(get_settings(), FhirRequest(app).base_url))
+
+
+handler = lambda_entry(app)

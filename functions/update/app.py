@@ -1,0 +1,23 @@
+"""PUT /fhir/{type}/{id}: update (If-Match honoured), update-as-create, revive after delete."""
+
+from aws_lambda_powertools.event_handler import Response
+from esus.api import FhirRequest, create_app, lambda_entry, write_response
+from esus.auth import UPDATE
+from esus.container import services
+from esus.provenance import parse_x_provenance
+
+app = create_app()
+
+
+@app.put("/fhir/<resource_type>/<resource_id>")
+def update(resource_type: str, resource_id: str) -> Response[str]:
+    request = FhirRequest(app)
+    principal = request.authorize(resource_type, UPDATE)
+    if_match = request.if_match()
+    body = request.json_body()
+    x_provenance = parse_x_provenance(request.header("X-Provenance"))
+    outcome = services().resources.update(principal, resource_type, resource_id, body, if_match, x_provenance)
+    return write_response(request, outcome.version, 201 if outcome.created else 200)
+
+
+handler = lambda_entry(app)

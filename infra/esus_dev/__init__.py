@@ -1,0 +1,1 @@
+"""ESUS developer tooling: the local stack (template-driven, embedded moto) and the `esus` CLI."""

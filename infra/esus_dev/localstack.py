@@ -1,0 +1,294 @@
+"""The local stack: API Gateway + Lambda + AWS, on one machine, driven by template.yaml.
+
+- AWS is an embedded moto server on a loopback port (or AWS_ENDPOINT_URL when set), with every
+  request to it serialised by one lock: moto is not atomic across threads, DynamoDB is, and the lock
+  restores DynamoDB's all-or-nothing TransactWriteItems under real concurrency.
+- Tables come from the template's AWS::DynamoDB::Table resources; the PHI root-key secret is created.
+- Routes are the functions' Api events; requests pass through the template's authorizer first and
+  gateway errors use the template's GatewayResponses, as in API Gateway.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+from esus.crypto import RootKeys
+
+from esus_dev.devkeys import LOCAL_AUDIENCE, LOCAL_ISSUER, public_key_pem
+from esus_dev.template import Route, TemplateModel, load_template, resolve
+
+MAX_API_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own limit
+LOCAL_REGION = "us-east-1"
+
+
+def _locked(app: Callable[..., Iterable[bytes]], lock: threading.Lock) -> Callable[..., Iterable[bytes]]:
+    def wrapper(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with lock:
+            return [b"".join(app(environ, start_response))]
+
+    return wrapper
+
+
+class EmbeddedMoto:
+    """moto's server on 127.0.0.1, one request at a time."""
+
+    def __init__(self) -> None:
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.lock = threading.Lock()
+        app = _locked(DomainDispatcherApplication(create_backend_app), self.lock)
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="moto")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
+class LambdaContext:
+    def __init__(self, name: str) -> None:
+        self.function_name = name
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = 512
+        self.invoked_function_arn = f"arn:aws:lambda:{LOCAL_REGION}:000000000000:function:{name}"
+        self.aws_request_id = str(uuid.uuid4())
+        self._deadline = time.monotonic() + 10
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@dataclass
+class GatewayResult:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class LocalStack:
+    def __init__(self, repo: Path, prefix: str = "esus-local", parameters: dict[str, str] | None = None) -> None:
+        self.repo = repo
+        self.template = TemplateModel(load_template(repo / "template.yaml"))
+        self.prefix = prefix
+        self.parameters = {
+            **self.template.parameter_defaults(),
+            "Stage": "local", "JwtIssuer": LOCAL_ISSUER, "JwtAudience": LOCAL_AUDIENCE, "JwksUrl": "",
+            "DeletionProtection": "false",
+            **(parameters or {}),
+        }
+        self.moto: EmbeddedMoto | None = None
+        self.routes: list[Route] = self.template.routes()
+        self._modules: dict[str, ModuleType] = {}
+        self._authorizer = self.template.authorizer_function()
+
+    # ---------- AWS ----------
+    def physical_names(self) -> dict[str, str]:
+        tables = {lid: f"{self.prefix}-{_kebab(lid)}" for lid in self.template.of_type("AWS::DynamoDB::Table")}
+        secrets = {lid: f"{self.prefix}/{_kebab(lid)}" for lid in self.template.of_type("AWS::SecretsManager::Secret")}
+        return {**tables, **secrets}
+
+    def start_aws(self) -> None:
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        os.environ.setdefault("AWS_DEFAULT_REGION", LOCAL_REGION)
+        if not os.environ.get("AWS_ENDPOINT_URL"):
+            self.moto = EmbeddedMoto()
+            self.moto.start()
+            os.environ["AWS_ENDPOINT_URL"] = self.moto.endpoint
+        self.create_resources()
+
+    def create_resources(self) -> None:
+        """Create whatever the template declares that is missing at the endpoint."""
+        ddb = boto3.client("dynamodb")
+        names = self.physical_names()
+        existing = set(ddb.list_tables().get("TableNames", []))
+        for lid, resource in self.template.of_type("AWS::DynamoDB::Table").items():
+            if names[lid] in existing:
+                continue
+            props = resource["Properties"]
+            kwargs: dict[str, Any] = {
+                "TableName": names[lid],
+                "AttributeDefinitions": props["AttributeDefinitions"],
+                "KeySchema": props["KeySchema"],
+                "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+            }
+            if props.get("GlobalSecondaryIndexes"):
+                kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+            ddb.create_table(**kwargs)
+        secrets = boto3.client("secretsmanager")
+        for lid in self.template.of_type("AWS::SecretsManager::Secret"):
+            try:
+                secrets.describe_secret(SecretId=names[lid])
+            except secrets.exceptions.ResourceNotFoundException:
+                secrets.create_secret(Name=names[lid], SecretString=RootKeys.generate().serialize())
+
+    # ---------- functions ----------
+    def configure_environment(self) -> None:
+        refs = {**self.parameters, **self.physical_names()}
+        for spec in self.template.functions():
+            for key, value in spec.environment.items():
+                if key != "POWERTOOLS_SERVICE_NAME":
+                    os.environ[key] = resolve(value, refs)
+        os.environ["ESUS_JWT_PUBLIC_KEYS_PEM"] = public_key_pem()
+        os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+        os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "esus-local")
+        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+        from esus.container import use_services
+        from esus.settings import get_settings
+
+        get_settings.cache_clear()
+        use_services(None)
+
+    def module(self, logical_id: str) -> ModuleType:
+        if logical_id not in self._modules:
+            spec = next(s for s in self.template.functions() if s.logical_id == logical_id)
+            module_name, _ = spec.handler.split(".", 1)
+            path = self.repo / spec.code_uri / f"{module_name}.py"
+            loader_spec = importlib.util.spec_from_file_location(f"esus_fn_{logical_id}", path)
+            assert loader_spec and loader_spec.loader
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+            self._modules[logical_id] = module
+        return self._modules[logical_id]
+
+    def invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
+        spec = next(s for s in self.template.functions() if s.logical_id == logical_id)
+        function = getattr(self.module(logical_id), spec.handler.split(".", 1)[1])
+        return function(event, LambdaContext(logical_id))
+
+    def start(self) -> None:
+        self.start_aws()
+        self.configure_environment()
+
+    # ---------- API Gateway ----------
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str]]:
+        for route in self.routes:
+            found = route.pattern.match(path)
+            if found and route.method == method:
+                return route, found.groupdict()
+        return None, {}
+
+    def gateway_error(self, kind: str, status: int | None = None) -> GatewayResult:
+        response = self.template.gateway_responses().get(kind) or self.template.gateway_responses()["DEFAULT_4XX"]
+        headers = {k: v.strip("'") for k, v in response.get("ResponseParameters", {}).get("Headers", {}).items()}
+        body = response.get("ResponseTemplates", {}).get("application/json", "")
+        return GatewayResult(int(response.get("StatusCode") or status or 400), headers, body.encode())
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes, host: str) -> GatewayResult:
+        url = urlsplit(raw_path)
+        route, path_params = self.match(method, url.path)
+        if route is None:  # API Gateway answers an unknown path or method with MISSING_AUTHENTICATION_TOKEN
+            return self.gateway_error("MISSING_AUTHENTICATION_TOKEN")
+        if len(body) > MAX_API_PAYLOAD:
+            return self.gateway_error("REQUEST_TOO_LARGE")
+        authorizer_context: dict[str, Any] = {}
+        if route.authorized:
+            token = _header(headers, "Authorization")
+            if not token:
+                return self.gateway_error("UNAUTHORIZED")
+            method_arn = f"arn:aws:execute-api:{LOCAL_REGION}:000000000000:local/local/{method}{url.path}"
+            try:
+                policy = self.invoke(self._authorizer, {
+                    "type": "TOKEN", "authorizationToken": token, "methodArn": method_arn})
+            except Exception as exc:  # the authorizer's "Unauthorized" contract
+                return self.gateway_error("UNAUTHORIZED" if str(exc) == "Unauthorized" else "DEFAULT_5XX")
+            statements = policy.get("policyDocument", {}).get("Statement", [])
+            if not any(s.get("Effect") == "Allow" for s in statements):
+                return self.gateway_error("ACCESS_DENIED")
+            authorizer_context = {**policy.get("context", {}), "principalId": policy.get("principalId")}
+        multi_query = {k: v for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        request_id = str(uuid.uuid4())
+        event = {
+            "resource": route.path,
+            "path": url.path,
+            "httpMethod": method,
+            "headers": headers,
+            "multiValueHeaders": {k: [v] for k, v in headers.items()},
+            "queryStringParameters": {k: v[-1] for k, v in multi_query.items()} or None,
+            "multiValueQueryStringParameters": multi_query or None,
+            "pathParameters": path_params or None,
+            "stageVariables": None,
+            "requestContext": {
+                "resourcePath": route.path, "httpMethod": method, "path": url.path, "stage": "local",
+                "requestId": request_id, "domainName": host, "identity": {"sourceIp": "127.0.0.1"},
+                "authorizer": authorizer_context or None,
+            },
+            "body": body.decode("utf-8", errors="replace") if body else None,
+            "isBase64Encoded": False,
+        }
+        try:
+            response = self.invoke(route.function, event)
+        except Exception:  # a crashed Lambda: API Gateway answers 502 with its own body
+            return self.gateway_error("DEFAULT_5XX", 502)
+        out_headers = dict(response.get("headers") or {})
+        for key, values in (response.get("multiValueHeaders") or {}).items():
+            out_headers[key] = ", ".join(values)
+        return GatewayResult(int(response["statusCode"]), out_headers, (response.get("body") or "").encode())
+
+    # ---------- HTTP ----------
+    def serve(self, host: str, port: int) -> ThreadingHTTPServer:
+        stack = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _dispatch(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_API_PAYLOAD:
+                    result = stack.gateway_error("REQUEST_TOO_LARGE")
+                    self.close_connection = True
+                else:
+                    body = self.rfile.read(length) if length else b""
+                    headers = {k: v for k, v in self.headers.items()}
+                    headers.setdefault("X-Forwarded-Proto", "http")
+                    result = stack.handle(self.command, self.path, headers, body, self.headers.get("Host", host))
+                self.send_response(result.status)
+                for key, value in result.headers.items():
+                    if key.lower() not in ("content-length", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(result.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(result.body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                if os.environ.get("ESUS_ACCESS_LOG"):
+                    # Method, path without query (queries can carry phone/email) and status only.
+                    print(f"{self.command} {self.path.split('?', 1)[0]} -> {args[1] if len(args) > 1 else ''}")
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        return server
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _kebab(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+

@@ -1,0 +1,1 @@
+"""ESUS: the code every Lambda function shares (deployed as the layer)."""

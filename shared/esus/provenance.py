@@ -1,0 +1,133 @@
+"""Provenance: the server-authored chain-of-custody record of every write, client X-Provenance
+headers, US Core 3.1.1 rules, and the index entries that make Provenance searchable."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from esus.auth import Principal
+from esus.errors import InvalidRequest, Issue
+from esus.fhir import PROVENANCE, validate_resource
+from esus.model import IndexEntry, Version
+from esus.search import provenance_index_values
+from esus.settings import Settings
+from esus.store import index_partition
+
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+ACTIVITY_BY_METHOD = {"POST": "CREATE", "PUT": "UPDATE", "DELETE": "DELETE"}
+MAX_HEADER_BYTES = 16_384
+
+
+def server_provenance(settings: Settings, principal: Principal, version: Version, activity: str) -> dict[str, Any]:
+    """The record the server writes with every version unless the client sent X-Provenance."""
+    return {
+        "resourceType": PROVENANCE,
+        "target": [target_of(version)],
+        "recorded": version.last_updated,
+        "policy": [settings.integrity_policy_url],
+        "activity": {"coding": [{"system": DATA_OPERATION, "code": activity}]},
+        "agent": [
+            {
+                "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author", "display": "Author"}]},
+                "who": principal.agent_reference,
+                "onBehalfOf": tenant_organization(settings, principal),
+            }
+        ],
+    }
+
+
+def target_of(version: Version) -> dict[str, Any]:
+    return {"reference": version.versioned_reference, "type": version.resource_type}
+
+
+def tenant_organization(settings: Settings, principal: Principal) -> dict[str, Any]:
+    return {"reference": settings.tenant_organization_reference.format(tenant=principal.tenant), "type": "Organization"}
+
+
+def parse_x_provenance(header: str | None) -> dict[str, Any] | None:
+    """X-Provenance: a Provenance without target; the server fills target (and recorded if absent)."""
+    if header is None:
+        return None
+    if len(header.encode()) > MAX_HEADER_BYTES:
+        raise InvalidRequest("X-Provenance is too large", [Issue("too-long", "X-Provenance is too large")])
+    try:
+        body = json.loads(header)
+    except ValueError:
+        raise InvalidRequest("X-Provenance must be a JSON Provenance resource") from None
+    if not isinstance(body, dict) or body.get("resourceType") != PROVENANCE:
+        raise InvalidRequest("X-Provenance must be a JSON Provenance resource")
+    if "target" in body:
+        raise InvalidRequest(
+            "X-Provenance must not carry a target: the server sets it to the version it writes",
+            [Issue("invalid", "target is set by the server", "Provenance.target")],
+        )
+    return body
+
+
+def client_provenance(template: dict[str, Any], version: Version) -> dict[str, Any]:
+    provenance = {k: v for k, v in template.items() if k not in ("id", "meta")}
+    provenance["target"] = [target_of(version)]
+    provenance.setdefault("recorded", version.last_updated)
+    return provenance
+
+
+def finalize(provenance: dict[str, Any], provenance_id: str, last_updated: str) -> dict[str, Any]:
+    """Assign server id and meta, then validate against FHIR R4 and US Core 3.1.1 rules."""
+    record = {k: v for k, v in provenance.items() if k not in ("id", "meta")}
+    record = {"resourceType": PROVENANCE, "id": provenance_id,
+              "meta": {"versionId": "1", "lastUpdated": last_updated}, **record}
+    check_us_core(record)
+    validate_resource(PROVENANCE, record)
+    return record
+
+
+def check_us_core(provenance: dict[str, Any]) -> None:
+    issues: list[Issue] = []
+    targets = provenance.get("target")
+    if not isinstance(targets, list) or not targets:
+        issues.append(Issue("required", "Provenance.target is required (1..*)", "Provenance.target"))
+    if not provenance.get("recorded"):
+        issues.append(Issue("required", "Provenance.recorded is required (1..1)", "Provenance.recorded"))
+    agents = provenance.get("agent")
+    if not isinstance(agents, list) or not agents:
+        issues.append(Issue("required", "Provenance.agent is required (1..*)", "Provenance.agent"))
+    else:
+        for i, agent in enumerate(agents):
+            who = agent.get("who") if isinstance(agent, dict) else None
+            if not isinstance(who, dict) or not (who.get("reference") or who.get("identifier")):
+                issues.append(Issue("required", "agent.who is required", f"Provenance.agent[{i}].who"))
+                continue
+            who_type = who.get("type") or str(who.get("reference", "")).split("/", 1)[0]
+            if who_type in ("Practitioner", "Device") and not agent.get("onBehalfOf"):
+                issues.append(Issue(
+                    "required",
+                    "agent.onBehalfOf is required when agent.who is a Practitioner or Device (US Core 3.1.1)",
+                    f"Provenance.agent[{i}].onBehalfOf",
+                ))
+    if issues:
+        raise InvalidRequest("The Provenance does not meet US Core 3.1.1 (" + "; ".join(
+            i.diagnostics for i in issues) + ")", issues)
+
+
+def recorded_key(recorded: str) -> str:
+    """`recorded` as a sortable UTC string (clients may send offsets or lower precision)."""
+    try:
+        moment = datetime.fromisoformat(recorded.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest("Provenance.recorded must be a FHIR instant",
+                             [Issue("invalid", "not an instant", "Provenance.recorded")]) from None
+    if moment.tzinfo is None:
+        raise InvalidRequest("Provenance.recorded needs a time zone",
+                             [Issue("invalid", "instant without time zone", "Provenance.recorded")])
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def index_entries(tenant: str, provenance: dict[str, Any], sort_key: str) -> list[IndexEntry]:
+    order = f"{sort_key}|{provenance['id']}"
+    return [
+        IndexEntry(index_partition(tenant, PROVENANCE, param, value), order, provenance["id"])
+        for param, value in sorted(provenance_index_values(provenance))
+    ]

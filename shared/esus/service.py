@@ -1,0 +1,285 @@
+"""Resource interactions: create, read, vread, update, delete, history. Optimistic locking lives here:
+every write is one conditional transaction on the version the writer expects."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from esus import provenance as prov
+from esus.auth import Principal
+from esus.crypto import BlindIndex, CursorSigner
+from esus.errors import Conflict, Gone, InvalidRequest, Issue, MethodNotAllowed, NotFound, PreconditionFailed
+from esus.fhir import PROVENANCE, RESOURCE_TYPES, now_instant, require_id, validate_resource
+from esus.model import IndexEntry, ResourceWrite, Version
+from esus.params import instant_param, last_value, page_size
+from esus.search import HASHED_PARAMS, hashed_index_values
+from esus.settings import Settings
+from esus.store import Store, TransientConflict, VersionConflict, index_partition
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    versions: list[Version]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    version: Version
+    created: bool
+
+
+class ResourceService:
+    def __init__(
+        self, settings: Settings, store: Store, blind_index: BlindIndex, cursors: CursorSigner,
+        clock: Callable[[], str] = now_instant,
+    ) -> None:
+        self._s = settings
+        self._store = store
+        self._blind = blind_index
+        self._cursors = cursors
+        self._clock = clock
+
+    # ---------- reads ----------
+    def read(self, resource_type: str, resource_id: str, tenant: str) -> Version:
+        _check_generic(resource_type)
+        require_id(resource_id)
+        current = self._store.current(tenant, resource_type, resource_id)
+        if current is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if current.deleted:
+            raise Gone(f"{resource_type}/{resource_id} was deleted", headers={"ETag": current.etag})
+        return current
+
+    def vread(self, resource_type: str, resource_id: str, vid: str, tenant: str) -> Version:
+        _check_generic(resource_type)
+        require_id(resource_id)
+        found = self._store.version(tenant, resource_type, resource_id, int(vid)) if _is_version(vid) else None
+        if found is None:
+            raise NotFound(f"{resource_type}/{resource_id} has no version '{vid[:20]}'")
+        if found.deleted:
+            raise Gone(f"Version {vid} of {resource_type}/{resource_id} is a delete", headers={"ETag": found.etag})
+        return found
+
+    def history(
+        self, resource_type: str, resource_id: str, tenant: str, params: dict[str, list[str]]
+    ) -> HistoryPage:
+        """Newest first; `_count`, `_since` and a signed `_cursor` (the last version already served)."""
+        _check_generic(resource_type)
+        require_id(resource_id)
+        count = page_size(self._s, last_value(params.get("_count")))
+        since = instant_param("_since", last_value(params.get("_since")))
+        binding = f"history|{resource_type}/{resource_id}|{since}"
+        cursor = last_value(params.get("_cursor"))
+        before = self._cursors.verify(tenant, binding, cursor) if cursor else None
+        if before is not None and not isinstance(before, int):
+            raise InvalidRequest("The paging cursor is invalid")
+        page, more = self._store.history(tenant, resource_type, resource_id, max(count, 1), since, before)
+        if not page and before is None and self._store.current(tenant, resource_type, resource_id) is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        page = page[:count]
+        next_cursor = self._cursors.sign(tenant, binding, page[-1].version) if more and page else None
+        return HistoryPage(page, next_cursor)
+
+    # ---------- writes ----------
+    def create(
+        self, principal: Principal, resource_type: str, body: Any, x_provenance: dict[str, Any] | None
+    ) -> Version:
+        _check_generic(resource_type)
+        resource_id = str(uuid.uuid4())
+        version = self._new_version(resource_type, resource_id, 1, body, "POST", 201)
+        self._commit(principal, version, None, None, (), x_provenance)
+        return version
+
+    def update(
+        self, principal: Principal, resource_type: str, resource_id: str, body: Any, if_match: int | None,
+        x_provenance: dict[str, Any] | None,
+    ) -> WriteOutcome:
+        _check_generic(resource_type)
+        require_id(resource_id)
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object holding a FHIR resource")
+        if body.get("id") != resource_id:
+            message = "The body's id must equal the id in the URL" if "id" in body else "The body must carry its id"
+            raise InvalidRequest(message, [Issue("invalid", message, f"{resource_type}.id")])
+        if if_match is None and self._s.require_if_match:
+            raise InvalidRequest("This server requires If-Match on updates (versioned-update)")
+        if if_match is not None and resource_type not in HASHED_PARAMS:
+            return self._update_blind(principal, resource_type, resource_id, body, if_match, x_provenance)
+        for attempt in range(self._s.update_retry_attempts):
+            current = self._store.current(principal.tenant, resource_type, resource_id)
+            _check_if_match(if_match, current, resource_type, resource_id)
+            try:
+                return self._write_over(principal, resource_type, resource_id, body, current, x_provenance)
+            except VersionConflict as conflict:
+                if if_match is not None:
+                    raise _stale(resource_type, resource_id, if_match, conflict.current_version) from None
+                _backoff(attempt)
+        raise Conflict(f"{resource_type}/{resource_id} is being changed by others; retry", headers={"Retry-After": "1"})
+
+    def _update_blind(
+        self, principal: Principal, resource_type: str, resource_id: str, body: Any, if_match: int,
+        x_provenance: dict[str, Any] | None,
+    ) -> WriteOutcome:
+        """If-Match on a type without hashed indexes: one conditional write, no read."""
+        version = self._new_version(resource_type, resource_id, if_match + 1, body, "PUT", 200)
+        try:
+            self._commit(principal, version, if_match, False, (), x_provenance)
+            return WriteOutcome(version, created=False)
+        except VersionConflict as conflict:
+            if conflict.current_version == if_match and conflict.current_deleted:
+                revived = replace(version, status=201)
+                try:
+                    self._commit(principal, revived, if_match, True, (), x_provenance)
+                except VersionConflict as again:
+                    raise _stale(resource_type, resource_id, if_match, again.current_version) from None
+                return WriteOutcome(revived, created=True)
+            raise _stale(resource_type, resource_id, if_match, conflict.current_version) from None
+
+    def _write_over(
+        self, principal: Principal, resource_type: str, resource_id: str, body: Any, current: Version | None,
+        x_provenance: dict[str, Any] | None,
+    ) -> WriteOutcome:
+        if current is None:  # update-as-create (the client chose the id)
+            version = self._new_version(resource_type, resource_id, 1, body, "PUT", 201)
+            self._commit(principal, version, None, None, (), x_provenance)
+            return WriteOutcome(version, created=True)
+        status = 201 if current.deleted else 200
+        version = self._new_version(resource_type, resource_id, current.version + 1, body, "PUT", status)
+        self._commit(principal, version, current.version, current.deleted, current.index_refs, x_provenance)
+        return WriteOutcome(version, created=current.deleted)
+
+    def delete(
+        self, principal: Principal, resource_type: str, resource_id: str, if_match: int | None,
+        x_provenance: dict[str, Any] | None,
+    ) -> Version | None:
+        """Soft delete as a new version. Returns None when there was nothing to delete (idempotent)."""
+        _check_generic(resource_type)
+        require_id(resource_id)
+        if if_match is None and self._s.require_if_match:
+            raise InvalidRequest("This server requires If-Match on deletes (versioned-update)")
+        for attempt in range(self._s.update_retry_attempts):
+            current = self._store.current(principal.tenant, resource_type, resource_id)
+            _check_if_match(if_match, current, resource_type, resource_id)
+            if current is None or current.deleted:
+                return None
+            version = Version(resource_type, resource_id, current.version + 1, self._clock(), True, None, "DELETE", 204)
+            try:
+                self._commit(principal, version, current.version, False, current.index_refs, x_provenance)
+                return version
+            except VersionConflict as conflict:
+                if if_match is not None:
+                    raise _stale(resource_type, resource_id, if_match, conflict.current_version) from None
+                _backoff(attempt)
+        raise Conflict(f"{resource_type}/{resource_id} is being changed by others; retry", headers={"Retry-After": "1"})
+
+    # ---------- the one write path ----------
+    def _new_version(
+        self, resource_type: str, resource_id: str, number: int, body: Any, method: str, status: int
+    ) -> Version:
+        last_updated = self._clock()
+        resource = validate_resource(resource_type, _with_server_meta(body, resource_id, number, last_updated))
+        return Version(resource_type, resource_id, number, last_updated, False, resource, method, status)
+
+    def prepare(
+        self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
+        stale_refs: tuple[str, ...], x_provenance: dict[str, Any] | None,
+    ) -> tuple[ResourceWrite, str]:
+        """Everything one version writes: the version, its index entries and its Provenance."""
+        activity = prov.ACTIVITY_BY_METHOD["POST" if version.version == 1 else version.method]
+        record = (
+            prov.client_provenance(x_provenance, version) if x_provenance is not None
+            else prov.server_provenance(self._s, principal, version, activity)
+        )
+        record = prov.finalize(record, str(uuid.uuid4()), version.last_updated)
+        sort_key = prov.recorded_key(record["recorded"])
+        write = ResourceWrite(
+            tenant=principal.tenant,
+            version=version,
+            expected_version=expected_version,
+            expected_deleted=expected_deleted,
+            index_entries=self.index_entries(principal.tenant, version),
+            stale_index_refs=list(stale_refs),
+            provenance=record,
+            provenance_index=prov.index_entries(principal.tenant, record, sort_key),
+            request_token=str(uuid.uuid4()),
+        )
+        return write, sort_key
+
+    def index_entries(self, tenant: str, version: Version) -> list[IndexEntry]:
+        if version.resource is None:
+            return []
+        return [
+            IndexEntry(
+                index_partition(tenant, version.resource_type, param, self._blind.token(tenant, param, value)),
+                version.resource_id,
+                version.resource_id,
+            )
+            for param, value in sorted(hashed_index_values(version.resource_type, version.resource))
+        ]
+
+    def _commit(
+        self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
+        stale_refs: tuple[str, ...], x_provenance: dict[str, Any] | None,
+    ) -> None:
+        write, sort_key = self.prepare(principal, version, expected_version, expected_deleted, stale_refs, x_provenance)
+        items = self._store.resource_write_items(write, sort_key)
+        for attempt in range(3):
+            try:
+                self._store.transact(items, write.request_token)
+                return
+            except TransientConflict:
+                _backoff(attempt)
+        raise Conflict("A concurrent transaction touched the same resource; retry", headers={"Retry-After": "1"})
+
+
+def _check_generic(resource_type: str) -> None:
+    if resource_type == PROVENANCE:
+        raise MethodNotAllowed("Provenance is an audit record: it cannot be updated or deleted")
+    if resource_type not in RESOURCE_TYPES:
+        raise NotFound(f"Resource type '{resource_type[:64]}' is not supported by this server")
+
+
+def _is_version(vid: str) -> bool:
+    return vid.isdigit() and 0 < len(vid) <= 18 and int(vid) > 0
+
+
+def _with_server_meta(body: Any, resource_id: str, version: int, last_updated: str) -> Any:
+    """Client id/meta are ignored: the server owns identity and versioning (no mass assignment)."""
+    if not isinstance(body, dict):
+        return body
+    resource = {k: v for k, v in body.items() if k not in ("id", "meta")}
+    return {
+        "resourceType": body.get("resourceType"),
+        "id": resource_id,
+        "meta": {"versionId": str(version), "lastUpdated": last_updated},
+        **{k: v for k, v in resource.items() if k != "resourceType"},
+    }
+
+
+def _check_if_match(if_match: int | None, current: Version | None, resource_type: str, resource_id: str) -> None:
+    if if_match is None:
+        return
+    if current is None:
+        raise PreconditionFailed(f"If-Match was given but {resource_type}/{resource_id} does not exist")
+    if current.version != if_match:
+        raise _stale(resource_type, resource_id, if_match, current.version)
+
+
+def _stale(resource_type: str, resource_id: str, expected: int, current: int | None) -> PreconditionFailed:
+    if current is None:
+        return PreconditionFailed(f"If-Match was given but {resource_type}/{resource_id} does not exist")
+    return PreconditionFailed(
+        f"Version conflict: If-Match expected version {expected} but the current version of "
+        f"{resource_type}/{resource_id} is {current}",
+        headers={"ETag": f'W/"{current}"'},
+    )
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, 0.01 * 2**attempt))

@@ -1,0 +1,296 @@
+"""DynamoDB adapter: the only module that knows table layouts. Every key begins with the tenant.
+
+resources  pk=tenant|type|id                 current version (v, del, lu, doc, phi, idx)
+history    pk=tenant|type|id, v=version      one item per version, never rewritten
+provenance pk=tenant|id                      Provenance records (immutable)
+index      pk=tenant|type|param|value, sk=order|id   search index items, written in the same
+           transaction as the version they describe
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from esus.crypto import FieldContext
+from esus.errors import IntegrityFailure, PayloadTooLarge
+from esus.model import IndexEntry, ResourceWrite, Version
+from esus.phi import ResourceCodec
+from esus.settings import Settings
+
+# The key schema the code relies on, per Settings field (env ESUS_<FIELD>); tests hold template.yaml to it.
+TABLE_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "resources_table": (("pk", "S", "HASH"),),
+    "history_table": (("pk", "S", "HASH"), ("v", "N", "RANGE")),
+    "provenance_table": (("pk", "S", "HASH"),),
+    "index_table": (("pk", "S", "HASH"), ("sk", "S", "RANGE")),
+}
+MAX_ITEM_BYTES = 380_000  # DynamoDB's limit is 400 KB; leave room for attribute names and index refs
+BATCH_GET_LIMIT = 100
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+class VersionConflict(Exception):
+    """The conditional write lost: another version was stored first (or the resource is missing)."""
+
+    def __init__(self, current_version: int | None, current_deleted: bool | None) -> None:
+        super().__init__("version conflict")
+        self.current_version = current_version
+        self.current_deleted = current_deleted
+
+
+@dataclass(frozen=True)
+class TransientConflict(Exception):
+    """DynamoDB cancelled the transaction because another one touched the same items."""
+
+    reason: str
+
+
+def resource_key(tenant: str, resource_type: str, resource_id: str) -> str:
+    return f"{tenant}|{resource_type}|{resource_id}"
+
+
+def index_partition(tenant: str, resource_type: str, param: str, value: str) -> str:
+    return f"{tenant}|{resource_type}|{param}|{value}"
+
+
+def _av(value: Any) -> dict[str, Any]:
+    return dict(_serializer.serialize(value))
+
+
+def _item(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: _av(v) for k, v in attrs.items() if v is not None}
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+class Store:
+    def __init__(self, settings: Settings, dynamodb: Any, codec: ResourceCodec) -> None:
+        self._s = settings
+        self._ddb = dynamodb
+        self._codec = codec
+
+    # ---------- reads ----------
+    def current(self, tenant: str, resource_type: str, resource_id: str) -> Version | None:
+        response = self._ddb.get_item(
+            TableName=self._s.resources_table,
+            Key={"pk": _av(resource_key(tenant, resource_type, resource_id))},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return self._version(tenant, resource_type, resource_id, _plain(item)) if item else None
+
+    def version(self, tenant: str, resource_type: str, resource_id: str, vid: int) -> Version | None:
+        response = self._ddb.get_item(
+            TableName=self._s.history_table,
+            Key={"pk": _av(resource_key(tenant, resource_type, resource_id)), "v": _av(vid)},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return self._version(tenant, resource_type, resource_id, _plain(item)) if item else None
+
+    def history(
+        self, tenant: str, resource_type: str, resource_id: str, count: int, since: str | None,
+        before_version: int | None,
+    ) -> tuple[list[Version], bool]:
+        """Newest first. Returns (page, more). `since` filters on lastUpdated (versions are in time order)."""
+        condition = "pk = :pk"
+        values: dict[str, Any] = {":pk": _av(resource_key(tenant, resource_type, resource_id))}
+        if before_version is not None:
+            condition += " AND v < :before"
+            values[":before"] = _av(before_version)
+        kwargs: dict[str, Any] = {
+            "TableName": self._s.history_table,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+            "Limit": count + 1,
+            "ConsistentRead": True,
+        }
+        if since:
+            kwargs["FilterExpression"] = "lu >= :since"
+            values[":since"] = _av(since)
+        items = self._ddb.query(**kwargs).get("Items", [])
+        versions = [self._version(tenant, resource_type, resource_id, _plain(i)) for i in items]
+        return versions[:count], len(versions) > count
+
+    def currents(self, tenant: str, resource_type: str, ids: Sequence[str]) -> list[Version]:
+        keys = [{"pk": _av(resource_key(tenant, resource_type, i))} for i in ids]
+        items = self._batch_get(self._s.resources_table, keys)
+        found = []
+        for item in items:
+            plain = _plain(item)
+            found.append(self._version(tenant, resource_type, str(plain["pk"]).rsplit("|", 1)[1], plain))
+        return found
+
+    def provenances(self, tenant: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        keys = [{"pk": _av(resource_key(tenant, "Provenance", i))} for i in ids]
+        return [self._provenance(tenant, _plain(item)) for item in self._batch_get(self._s.provenance_table, keys)]
+
+    def index_sort_keys(self, partition: str) -> list[str]:
+        """All sort keys of one index partition (keys only: small items, one Query per 1 MB)."""
+        sort_keys: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._s.index_table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _av(partition)},
+            "ProjectionExpression": "sk",
+            "ConsistentRead": True,
+        }
+        while True:
+            response = self._ddb.query(**kwargs)
+            sort_keys.extend(item["sk"]["S"] for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return sort_keys
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _batch_get(self, table: str, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for start in range(0, len(keys), BATCH_GET_LIMIT):
+            pending: dict[str, Any] = {table: {"Keys": keys[start : start + BATCH_GET_LIMIT], "ConsistentRead": True}}
+            for attempt in range(6):
+                response = self._ddb.batch_get_item(RequestItems=pending)
+                items.extend(response.get("Responses", {}).get(table, []))
+                pending = response.get("UnprocessedKeys") or {}
+                if not pending:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
+            else:
+                raise ClientError(
+                    {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "batch get"}},
+                    "BatchGetItem",
+                )
+        return items
+
+    # ---------- decoding ----------
+    def _version(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any]) -> Version:
+        version = int(item["v"])
+        deleted = bool(item.get("del", False))
+        resource = None
+        if not deleted:
+            ctx = FieldContext(tenant, resource_type, resource_id, version)
+            resource = self._codec.decode(ctx, item["doc"], _binary_map(item.get("phi")))
+            meta = resource.get("meta") or {}
+            if resource.get("id") != resource_id or meta.get("versionId") != str(version):
+                raise IntegrityFailure("Stored data does not belong to its key")
+        return Version(
+            resource_type=resource_type,
+            resource_id=resource_id,
+            version=version,
+            last_updated=str(item["lu"]),
+            deleted=deleted,
+            resource=resource,
+            method=str(item.get("m", "PUT")),
+            status=int(item.get("st", 200)),
+            index_refs=tuple(item.get("idx") or ()),
+        )
+
+    def _provenance(self, tenant: str, item: dict[str, Any]) -> dict[str, Any]:
+        provenance_id = str(item["pk"]).rsplit("|", 1)[1]
+        ctx = FieldContext(tenant, "Provenance", provenance_id, 1)
+        resource = self._codec.decode(ctx, item["doc"], _binary_map(item.get("phi")))
+        if resource.get("id") != provenance_id:
+            raise IntegrityFailure("Stored data does not belong to its key")
+        return resource
+
+    # ---------- writes ----------
+    def encode_version(self, tenant: str, version: Version) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"v": version.version, "del": version.deleted, "lu": version.last_updated}
+        if version.resource is not None:
+            ctx = FieldContext(tenant, version.resource_type, version.resource_id, version.version)
+            attrs["doc"], attrs["phi"] = self._codec.encode(ctx, version.resource)
+        size = len(attrs.get("doc", "")) + sum(len(b) for b in attrs.get("phi", {}).values())
+        if size > MAX_ITEM_BYTES:
+            raise PayloadTooLarge(
+                f"The resource is too large to store ({size} bytes encoded; the limit is {MAX_ITEM_BYTES})"
+            )
+        return attrs
+
+    def provenance_put(self, tenant: str, provenance: dict[str, Any], recorded_key: str) -> dict[str, Any]:
+        ctx = FieldContext(tenant, "Provenance", provenance["id"], 1)
+        doc, phi = self._codec.encode(ctx, provenance)
+        item = _item({"pk": resource_key(tenant, "Provenance", provenance["id"]), "doc": doc, "phi": phi,
+                      "lu": provenance["meta"]["lastUpdated"], "rec": recorded_key})
+        return {"Put": {"TableName": self._s.provenance_table, "Item": item,
+                        "ConditionExpression": "attribute_not_exists(pk)"}}
+
+    def index_put(self, entry: IndexEntry) -> dict[str, Any]:
+        item = _item({"pk": entry.partition, "sk": entry.sort, "rid": entry.resource_id})
+        return {"Put": {"TableName": self._s.index_table, "Item": item}}
+
+    def index_delete(self, ref: str) -> dict[str, Any]:
+        entry = IndexEntry.from_ref(ref)
+        return {"Delete": {"TableName": self._s.index_table,
+                           "Key": {"pk": _av(entry.partition), "sk": _av(entry.sort)}}}
+
+    def resource_write_items(self, write: ResourceWrite, recorded_key: str) -> list[dict[str, Any]]:
+        """The TransactWriteItems entries of one resource write (also used inside larger transactions)."""
+        v = write.version
+        pk = resource_key(write.tenant, v.resource_type, v.resource_id)
+        attrs = self.encode_version(write.tenant, v)
+        new_refs = [e.ref for e in write.index_entries]
+        current = _item({"pk": pk, **attrs, "idx": new_refs or None})
+        put_current: dict[str, Any] = {
+            "TableName": self._s.resources_table,
+            "Item": current,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if write.expected_version is None:
+            put_current["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            condition = "v = :expected"
+            values = {":expected": _av(write.expected_version)}
+            if write.expected_deleted is not None:
+                condition += " AND del = :deleted"
+                values[":deleted"] = _av(write.expected_deleted)
+            put_current["ConditionExpression"] = condition
+            put_current["ExpressionAttributeValues"] = values
+        history = _item({"pk": pk, **attrs, "m": v.method, "st": v.status})
+        old_refs = set(write.stale_index_refs)
+        items: list[dict[str, Any]] = [
+            {"Put": put_current},
+            {"Put": {"TableName": self._s.history_table, "Item": history,
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+            self.provenance_put(write.tenant, write.provenance, recorded_key),
+            *(self.index_put(e) for e in write.provenance_index),
+            *(self.index_put(e) for e in write.index_entries if e.ref not in old_refs),
+            *(self.index_delete(ref) for ref in sorted(old_refs - set(new_refs))),
+        ]
+        return items
+
+    def transact(self, items: list[dict[str, Any]], token: str) -> None:
+        """One all-or-nothing TransactWriteItems. The token makes a retried call idempotent."""
+        try:
+            self._ddb.transact_write_items(TransactItems=items, ClientRequestToken=token)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons = exc.response.get("CancellationReasons") or []
+            codes = [r.get("Code", "None") for r in reasons]
+            if codes and codes[0] == "ConditionalCheckFailed":
+                old = _plain(dict(reasons[0].get("Item") or {}))
+                raise VersionConflict(
+                    int(old["v"]) if "v" in old else None,
+                    bool(old["del"]) if "del" in old else None,
+                ) from None
+            if "ConditionalCheckFailed" in codes[1:2]:  # history item exists: a racing writer won
+                raise VersionConflict(None, None) from None
+            if "TransactionConflict" in codes:
+                raise TransientConflict("TransactionConflict") from None
+            raise
+
+
+def _binary_map(value: Any) -> dict[str, bytes]:
+    if not value:
+        return {}
+    return {k: bytes(v.value if hasattr(v, "value") else v) for k, v in value.items()}
+

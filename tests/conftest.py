@@ -1,0 +1,122 @@
+"""Shared fixtures: the real local stack in a subprocess (end-to-end over HTTP) and an in-process
+stack on moto.mock_aws (handler tests with fault injection)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ESUS_SHARED_DATA", REPO.parent / "shared"))
+EXAMPLES = SHARED_DATA / "fhir-examples" / "r4"
+SYNTHEA = SHARED_DATA / "synthea"
+FHIR_JSON = "application/fhir+json"
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "esus-tests")
+
+
+def new_tenant() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class RunningStack:
+    base_url: str
+    dev_dir: Path
+    state: dict[str, str]
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    def token(self, tenant: str, scope: str = "user/*.*", fhir_user: str | None = "Practitioner/123", **kw: Any) -> str:
+        from esus_dev.devkeys import mint_token
+
+        return mint_token(tenant, scope, fhir_user, directory=self.dev_dir, **kw)
+
+    def client(self, tenant: str | None = None, scope: str = "user/*.*",
+               fhir_user: str | None = "Practitioner/123") -> httpx.Client:
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        if tenant is not None:
+            headers["Authorization"] = f"Bearer {self.token(tenant, scope, fhir_user)}"
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+    def dynamodb(self) -> Any:
+        return boto3.client("dynamodb", endpoint_url=self.state["aws_endpoint"])
+
+    def table(self, logical_id: str) -> str:
+        return self.state[logical_id]
+
+    def scan(self, logical_id: str) -> list[dict[str, Any]]:
+        ddb, items, kwargs = self.dynamodb(), [], {"TableName": self.table(logical_id)}
+        while True:
+            page = ddb.scan(**kwargs)
+            items.extend(page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def tenant_items(self, tenant: str) -> dict[str, list[dict[str, Any]]]:
+        """Every stored item of a tenant, per table (keys start with the tenant)."""
+        tables = ("ResourcesTable", "HistoryTable", "ProvenanceTable", "IndexTable")
+        return {t: [i for i in self.scan(t) if i["pk"]["S"].startswith(f"{tenant}|")] for t in tables}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    dev_dir = tmp_path_factory.mktemp("esus-dev")
+    env = {**os.environ, "ESUS_DEV_DIR": str(dev_dir), "PORT": "0", "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+    env.pop("AWS_ENDPOINT_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "esus_dev.cli", "run"], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            lines.put(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    base_url = None
+    while base_url is None:
+        try:
+            line = lines.get(timeout=90)
+        except queue.Empty:
+            process.kill()
+            pytest.fail("the local stack did not start:\n" + "".join(output))
+        found = re.search(r"ESUS local API: (\S+)", line)
+        base_url = found.group(1) if found else None
+    state = json.loads((dev_dir / "local-stack.json").read_text())
+    running = RunningStack(base_url, dev_dir, state, process, output)
+    yield running
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def load_example(name: str) -> dict[str, Any]:
+    return json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
+
+
+def strip_server_fields(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k not in ("id", "meta")}
