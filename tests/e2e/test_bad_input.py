@@ -1,0 +1,102 @@
+"""Bad input: the right OperationOutcome with the right status, and nothing stored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import RunningStack, new_tenant
+
+BIG_TEXT = "x" * 500_000
+
+
+def _cases(existing_id: str) -> list[tuple[str, str, str, dict[str, str], bytes, int, str]]:
+    patient = json.dumps({"resourceType": "Patient", "id": existing_id}).encode()
+    return [
+        # (name, method, path, headers, body, status, issue code)
+        ("malformed json", "POST", "/Patient", {}, b'{"resourceType": "Patient",', 400, "invalid"),
+        ("not an object", "POST", "/Patient", {}, b'["Patient"]', 400, "invalid"),
+        ("empty body", "POST", "/Patient", {}, b"", 400, "invalid"),
+        ("wrong resourceType", "POST", "/Patient", {}, b'{"resourceType": "Observation"}', 400, "invalid"),
+        ("invalid fhir", "POST", "/Patient", {}, b'{"resourceType": "Patient", "birthDate": "1 May"}', 400, "invalid"),
+        ("unknown element", "POST", "/Patient", {}, b'{"resourceType": "Patient", "shoeSize": 9}', 400, "structure"),
+        ("unknown type", "POST", "/Spaceship", {}, b'{"resourceType": "Spaceship"}', 404, "not-found"),
+        ("wrong content type", "POST", "/Patient", {"Content-Type": "text/plain"}, patient, 415, "not-supported"),
+        ("xml content type", "POST", "/Patient", {"Content-Type": "application/fhir+xml"}, b"<Patient/>", 415,
+         "not-supported"),
+        ("oversized body", "POST", "/Patient", {},
+         json.dumps({"resourceType": "Patient", "text": {"status": "generated",
+                     "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{BIG_TEXT * 3}</div>'}}).encode(),
+         413, "too-costly"),
+        ("too large for one item", "POST", "/Patient", {},
+         json.dumps({"resourceType": "Patient", "text": {"status": "generated",
+                     "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{BIG_TEXT}</div>'}}).encode(),
+         413, "too-costly"),
+        ("id mismatch", "PUT", f"/Patient/{existing_id}", {}, b'{"resourceType": "Patient", "id": "nope"}', 400,
+         "invalid"),
+        ("missing id", "PUT", f"/Patient/{existing_id}", {}, b'{"resourceType": "Patient"}', 400, "invalid"),
+        ("bad if-match", "PUT", f"/Patient/{existing_id}", {"If-Match": "yesterday"}, patient, 400, "invalid"),
+        ("zero if-match", "PUT", f"/Patient/{existing_id}", {"If-Match": 'W/"0"'}, patient, 400, "invalid"),
+        ("bad id", "PUT", "/Patient/bad_id!", {}, b'{"resourceType": "Patient", "id": "bad_id!"}', 400, "invalid"),
+        ("over-long id", "GET", "/Patient/" + "a" * 65, {}, b"", 400, "invalid"),
+        ("bad x-provenance", "POST", "/Patient", {"X-Provenance": "{not json"}, b'{"resourceType": "Patient"}', 400,
+         "invalid"),
+        ("x-provenance with target", "POST", "/Patient",
+         {"X-Provenance": json.dumps({"resourceType": "Provenance", "target": [{"reference": "Patient/1"}],
+                                      "agent": [{"who": {"reference": "Organization/1"}}]})},
+         b'{"resourceType": "Patient"}', 400, "invalid"),
+        ("provenance update", "PUT", "/Provenance/abc", {}, b'{"resourceType": "Provenance", "id": "abc"}', 405,
+         "not-supported"),
+        ("provenance delete", "DELETE", "/Provenance/abc", {}, b"", 405, "not-supported"),
+        ("unsupported search param", "GET", "/Patient?shoe=9", {}, b"", 400, "invalid"),
+        ("bad _count", "GET", "/Patient?phone=1&_count=many", {}, b"", 400, "invalid"),
+        ("unknown route", "GET", "/Patient/1/_history/1/extra", {}, b"", 404, "not-found"),
+        ("unsupported method", "PATCH", f"/Patient/{existing_id}", {}, patient, 404, "not-found"),
+    ]
+
+
+def test_bad_input_table(stack: RunningStack) -> None:
+    tenant = new_tenant()
+    with stack.client(tenant) as client:
+        existing = client.post("/Patient", json={"resourceType": "Patient", "active": True}).json()["id"]
+        before = {k: len(v) for k, v in stack.tenant_items(tenant).items()}
+        failures = []
+        for name, method, path, headers, body, status, code in _cases(existing):
+            response = client.request(method, path, headers=headers, content=body)
+            problem = None
+            if response.status_code != status:
+                problem = f"status {response.status_code} != {status}: {response.text[:300]}"
+            elif not response.headers.get("Content-Type", "").startswith("application/fhir+json"):
+                problem = f"content type {response.headers.get('Content-Type')}"
+            else:
+                outcome = response.json()
+                if outcome["resourceType"] != "OperationOutcome" or outcome["issue"][0]["code"] != code:
+                    problem = f"outcome {outcome}"
+                elif "Traceback" in response.text or "File \"" in response.text:
+                    problem = "stack trace leaked"
+            if problem:
+                failures.append(f"{name}: {problem}")
+        assert not failures, "\n".join(failures)
+        after = {k: len(v) for k, v in stack.tenant_items(tenant).items()}
+        assert after == before, "a rejected request stored something"
+        assert client.get(f"/Patient/{existing}").json()["meta"]["versionId"] == "1"
+
+
+def test_validation_issues_name_element_paths(stack: RunningStack) -> None:
+    with stack.client(new_tenant()) as client:
+        response = client.post("/Patient", json={"resourceType": "Patient", "birthDate": "soon",
+                                                 "name": [{"given": "Peter"}]})
+    assert response.status_code == 400
+    expressions = {e for issue in response.json()["issue"] for e in issue.get("expression", [])}
+    assert "Patient.birthDate" in expressions
+    assert "Patient.name[0].given" in expressions
+
+
+@pytest.mark.parametrize("content_type", ["application/fhir+json", "application/json",
+                                          "application/fhir+json; charset=utf-8"])
+def test_accepted_content_types(stack: RunningStack, content_type: str) -> None:
+    with stack.client(new_tenant()) as client:
+        response = client.post("/Patient", content=b'{"resourceType": "Patient"}',
+                               headers={"Content-Type": content_type})
+    assert response.status_code == 201
