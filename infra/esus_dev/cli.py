@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from esus_dev.devkeys import dev_dir, mint_token
 
@@ -43,6 +44,53 @@ def cmd_run(args: argparse.Namespace) -> None:
         server.serve_forever()
 
 
+def _target(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(Settings, endpoint) of the running local stack, or of a deployment (ESUS_* env, --endpoint)."""
+    from esus.settings import Settings
+
+    state_path = dev_dir() / STATE_FILE
+    if args.deployed or not state_path.exists():
+        return Settings(), args.endpoint
+    state = json.loads(state_path.read_text())
+    settings = Settings(
+        resources_table=state["ResourcesTable"], history_table=state["HistoryTable"],
+        provenance_table=state["ProvenanceTable"], index_table=state["IndexTable"],
+        root_key_secret_id=state["RootKeySecret"],
+    )
+    return settings, state["aws_endpoint"]
+
+
+def _client(service: str, endpoint: str | None) -> Any:
+    import boto3
+
+    return boto3.client(service, endpoint_url=endpoint) if endpoint else boto3.client(service)
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> None:
+    from esus.rotation import rotate_root_key
+
+    settings, endpoint = _target(args)
+    version = rotate_root_key(_client("secretsmanager", endpoint), settings.root_key_secret_id)
+    print(f"Root key version {version} is now current; older versions remain for decryption.")
+    print("New writes use it once containers refresh the cached key; run `esus reencrypt` to migrate old items.")
+
+
+def cmd_reencrypt(args: argparse.Namespace) -> None:
+    from esus.container import build_services
+    from esus.rotation import reencrypt_all
+
+    settings, endpoint = _target(args)
+    services = build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint))
+    report = reencrypt_all(services)
+    print(f"Re-encrypted under key version {services.keyring.current_version()}: "
+          f"{report.current_items} current, {report.history_items} history, "
+          f"{report.provenance_items} provenance items.")
+    if report.failed_keys:
+        print(f"{len(report.failed_keys)} item(s) failed their integrity check and were left untouched:")
+        print("\n".join(f"  {key}" for key in report.failed_keys))
+        sys.exit(1)
+
+
 def cmd_token(args: argparse.Namespace) -> None:
     print(mint_token(args.tenant, args.scope, args.fhir_user, subject=args.subject,
                      lifetime_seconds=args.lifetime))
@@ -64,6 +112,16 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--subject", default="dev-user")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds")
     token.set_defaults(func=cmd_token)
+
+    for name, func, text in (
+        ("rotate-key", cmd_rotate_key, "add a new PHI root-key version and make it current"),
+        ("reencrypt", cmd_reencrypt, "re-encrypt items sealed under older root-key versions"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--deployed", action="store_true",
+                             help="use ESUS_* environment settings and AWS credentials, not the local stack")
+        command.add_argument("--endpoint", default=None, help="AWS endpoint URL (with --deployed)")
+        command.set_defaults(func=func)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -59,14 +59,14 @@ class RootKeys:
             raise ValueError("root key secret is malformed")
         return cls(current=current, keys=keys)
 
+    def with_new_version(self) -> RootKeys:
+        new_version = str(max(int(k) for k in self.keys) + 1)
+        return RootKeys(current=new_version, keys={**self.keys, new_version: os.urandom(32)})
+
     def serialize(self) -> str:
         return json.dumps(
             {"current": self.current, "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()}}
         )
-
-    def with_new_version(self) -> RootKeys:
-        new_version = str(max(int(k) for k in self.keys) + 1)
-        return RootKeys(current=new_version, keys={**self.keys, new_version: os.urandom(32)})
 
     @classmethod
     def generate(cls) -> RootKeys:

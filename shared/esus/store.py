@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,6 +267,56 @@ class Store:
             *(self.index_delete(ref) for ref in sorted(old_refs - set(new_refs))),
         ]
         return items
+
+    # ---------- maintenance: re-encryption after a root-key rotation ----------
+    def scan(self, table: str) -> Iterator[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+        while True:
+            page = self._ddb.scan(**kwargs)
+            yield from (_plain(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _is_stale(self, item: dict[str, Any], current_kv: str) -> bool:
+        versions = self._codec.key_versions(_binary_map(item.get("phi")))
+        tokens_stale = any(f"|k{current_kv}." not in ref.split("\n", 1)[0] for ref in item.get("idx") or ())
+        return bool(versions - {current_kv}) or tokens_stale
+
+    def reencrypt_version_item(
+        self, table: str, item: dict[str, Any], current_kv: str,
+        index_entries: Callable[[str, Version], list[IndexEntry]] | None = None,
+    ) -> bool:
+        """Re-seal one resources/history item under the current key version (and, for current items,
+        move its index items to current-version tokens), conditioned on the version it had."""
+        if not self._is_stale(item, current_kv):
+            return False
+        tenant, resource_type, resource_id = str(item["pk"]).split("|", 2)
+        version = self._version(tenant, resource_type, resource_id, item)
+        attrs = self.encode_version(tenant, version)
+        new_entries = index_entries(tenant, version) if index_entries else []
+        new_refs = [e.ref for e in new_entries]
+        old_refs = set(version.index_refs)
+        extra = {"idx": new_refs or None} if index_entries else {"m": version.method, "st": version.status}
+        put = {"TableName": table, "Item": _item({"pk": item["pk"], **attrs, **extra}),
+               "ConditionExpression": "v = :v", "ExpressionAttributeValues": {":v": _av(version.version)}}
+        items = [{"Put": put}, *(self.index_put(e) for e in new_entries if e.ref not in old_refs),
+                 *(self.index_delete(ref) for ref in sorted(old_refs - set(new_refs)))]
+        try:
+            self.transact(items, str(uuid.uuid4()))
+        except VersionConflict:
+            return False  # written meanwhile: the new version already uses the current key
+        return True
+
+    def reencrypt_provenance_item(self, item: dict[str, Any], current_kv: str) -> bool:
+        if not self._is_stale(item, current_kv):
+            return False
+        tenant = str(item["pk"]).split("|", 1)[0]
+        record = self._provenance(tenant, item)
+        put = self.provenance_put(tenant, record, str(item["rec"]))["Put"]
+        put["ConditionExpression"] = "attribute_exists(pk)"
+        self.transact([{"Put": put}], str(uuid.uuid4()))
+        return True
 
     def transact(self, items: list[dict[str, Any]], token: str) -> None:
         """One all-or-nothing TransactWriteItems. The token makes a retried call idempotent."""

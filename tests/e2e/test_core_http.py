@@ -79,8 +79,9 @@ def test_update_rules(stack: RunningStack) -> None:
         upsert = client.put("/Patient/chosen-id-1", json={"resourceType": "Patient", "id": "chosen-id-1"})
         assert upsert.status_code == 201
         assert upsert.headers["Location"].endswith("/Patient/chosen-id-1/_history/1")
-        unknown_with_if_match = client.put("/Patient/chosen-id-2", json={"resourceType": "Patient", "id": "chosen-id-2"},
-                                           headers={"If-Match": "1"})
+        unknown_with_if_match = client.put(
+            "/Patient/chosen-id-2", json={"resourceType": "Patient", "id": "chosen-id-2"}, headers={"If-Match": "1"}
+        )
         assert unknown_with_if_match.status_code == 412
         assert client.get("/Patient/chosen-id-2").status_code == 404
 

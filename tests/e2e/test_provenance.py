@@ -194,7 +194,8 @@ def test_x_provenance_replaces_server_record_atomically(stack: RunningStack) -> 
     }
     tenant = new_tenant()
     with stack.client(tenant) as client:
-        created = client.post("/Patient", json={"resourceType": "Patient"}, headers={"X-Provenance": json.dumps(header)})
+        created = client.post("/Patient", json={"resourceType": "Patient"},
+                              headers={"X-Provenance": json.dumps(header)})
         pid = created.json()["id"]
         chain = client.get("/Provenance", params={"target": f"Patient/{pid}"}).json()["entry"]
         assert len(chain) == 1
