@@ -1,0 +1,138 @@
+"""Handlers on moto.mock_aws with faults injected at the AWS call sites."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
+
+from tests.handlers.conftest import InProcessStack
+
+PATIENT = {"resourceType": "Patient", "name": [{"family": "Atomic"}],
+           "telecom": [{"system": "phone", "value": "555-123-4567"}]}
+TABLES = ("resources_table", "history_table", "provenance_table", "index_table")
+
+
+def _error(code: str, operation: str = "TransactWriteItems", **extra: Any) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "injected"}, **extra}, operation)
+
+
+def _counts(local: InProcessStack) -> dict[str, int]:
+    return {t: local.count(t) for t in TABLES}
+
+
+def test_a_failure_inside_the_transaction_stores_nothing(local: InProcessStack) -> None:
+    """An extra item that fails its condition, injected into the real TransactWriteItems: DynamoDB
+    cancels all of it, so neither the version nor its history, Provenance or index items exist."""
+    def poison(kwargs: dict[str, Any]) -> None:
+        kwargs["TransactItems"].append({"ConditionCheck": {
+            "TableName": kwargs["TransactItems"][0]["Put"]["TableName"],
+            "Key": {"pk": {"S": "acme|Patient|never-exists"}},
+            "ConditionExpression": "attribute_exists(pk)",
+        }})
+
+    local.ddb.faults["transact_write_items"] = poison
+    result = local.request("POST", "/Patient", PATIENT)
+    assert result.status == 503 and result.headers["Retry-After"]
+    assert local.json(result)["resourceType"] == "OperationOutcome"
+    assert _counts(local) == dict.fromkeys(TABLES, 0)
+
+    del local.ddb.faults["transact_write_items"]
+    created = local.json(local.request("POST", "/Patient", PATIENT))
+    before = _counts(local)
+    local.ddb.faults["transact_write_items"] = poison
+    update = local.request("PUT", f"/Patient/{created['id']}", {**created, "name": [{"family": "Changed"}]})
+    assert update.status == 503
+    assert _counts(local) == before
+    del local.ddb.faults["transact_write_items"]
+    assert local.json(local.request("GET", f"/Patient/{created['id']}"))["name"] == [{"family": "Atomic"}]
+
+
+@pytest.mark.parametrize(("code", "status"), [
+    ("ThrottlingException", 429),
+    ("ProvisionedThroughputExceededException", 429),
+    ("RequestLimitExceeded", 429),
+    ("InternalServerError", 503),
+    ("ServiceUnavailable", 503),
+])
+def test_dynamodb_faults_become_retryable_outcomes(local: InProcessStack, code: str, status: int) -> None:
+    created = local.json(local.request("POST", "/Patient", PATIENT))
+    before = _counts(local)
+
+    def fail(_: dict[str, Any]) -> None:
+        raise _error(code, "GetItem")
+
+    local.ddb.faults["get_item"] = fail
+    for method, path, body in (("GET", f"/Patient/{created['id']}", None),
+                               ("PUT", f"/Patient/{created['id']}", created),
+                               ("DELETE", f"/Patient/{created['id']}", None)):
+        result = local.request(method, path, body)
+        assert result.status == status, (method, result.body)
+        assert int(result.headers["Retry-After"]) >= 1
+        outcome = local.json(result)
+        assert outcome["resourceType"] == "OperationOutcome" and "injected" not in result.body.decode()
+    assert _counts(local) == before
+
+
+def test_transaction_conflicts_are_retried_then_reported(local: InProcessStack) -> None:
+    attempts = []
+
+    def conflict(_: dict[str, Any]) -> None:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise _error("TransactionCanceledException", CancellationReasons=[
+                {"Code": "TransactionConflict"}, {"Code": "None"}, {"Code": "None"}])
+
+    local.ddb.faults["transact_write_items"] = conflict
+    result = local.request("POST", "/Patient", PATIENT)
+    assert result.status == 201 and len(attempts) == 3  # retried with the same idempotency token
+
+    attempts.clear()
+    local.ddb.faults["transact_write_items"] = lambda _: (_ for _ in ()).throw(_error(
+        "TransactionCanceledException", CancellationReasons=[{"Code": "TransactionConflict"}]))
+    result = local.request("POST", "/Patient", PATIENT)
+    assert result.status == 409 and result.headers["Retry-After"]
+
+
+def test_timeouts_and_secrets_manager_outage(local: InProcessStack) -> None:
+    def timeout(_: dict[str, Any]) -> None:
+        raise ReadTimeoutError(endpoint_url="https://dynamodb.local")
+
+    local.ddb.faults["get_item"] = timeout
+    result = local.request("GET", "/Patient/abc")
+    assert result.status == 503 and result.headers["Retry-After"]
+    del local.ddb.faults["get_item"]
+
+    def secrets_down(_: dict[str, Any]) -> None:
+        raise _error("InternalServiceError", "GetSecretValue")
+
+    local.secrets.faults["get_secret_value"] = secrets_down  # cold start: the root key cannot be fetched
+    result = local.request("POST", "/Patient", PATIENT)
+    assert result.status == 503
+    assert _counts(local) == dict.fromkeys(TABLES, 0)
+    del local.secrets.faults["get_secret_value"]
+    assert local.request("POST", "/Patient", PATIENT).status == 201
+
+
+def test_warm_requests_make_no_secrets_manager_call(local: InProcessStack) -> None:
+    created = local.json(local.request("POST", "/Patient", PATIENT))
+    local.secrets.calls.clear()
+    local.ddb.calls.clear()
+    local.request("GET", f"/Patient/{created['id']}")
+    assert local.ddb.calls == ["get_item"]  # read: one round trip
+    local.request("PUT", f"/Patient/{created['id']}", created, headers={"If-Match": 'W/"1"'})
+    local.request("POST", "/Observation", {"resourceType": "Observation", "status": "final",
+                                           "code": {"text": "x"}})
+    assert local.secrets.calls == []
+
+
+def test_unexpected_errors_are_500_with_correlation_id_only(local: InProcessStack) -> None:
+    def boom(_: dict[str, Any]) -> None:
+        raise RuntimeError("secret detail: Peter Chalmers 555-123-4567")
+
+    local.ddb.faults["get_item"] = boom
+    result = local.request("GET", "/Patient/abc")
+    assert result.status == 500
+    text = result.body.decode()
+    assert "correlation id" in text and "Peter" not in text and "RuntimeError" not in text
