@@ -149,6 +149,8 @@ class ResourceService:
             version = self._new_version(resource_type, resource_id, 1, body, "PUT", 201)
             self._commit(principal, version, None, None, (), x_provenance)
             return WriteOutcome(version, created=True)
+        if not current.deleted and current.resource is not None and _same_content(current.resource, body):
+            return WriteOutcome(current, created=False)  # identical content: no new version, nothing written
         status = 201 if current.deleted else 200
         version = self._new_version(resource_type, resource_id, current.version + 1, body, "PUT", status)
         self._commit(principal, version, current.version, current.deleted, current.index_refs, x_provenance)
@@ -260,6 +262,12 @@ def _with_server_meta(body: Any, resource_id: str, version: int, last_updated: s
         "meta": {"versionId": str(version), "lastUpdated": last_updated},
         **{k: v for k, v in resource.items() if k != "resourceType"},
     }
+
+
+def _same_content(stored: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Equal apart from server-owned id/meta: re-sending a resource (an import re-run) changes nothing."""
+    return {k: v for k, v in stored.items() if k not in ("id", "meta")} == {
+        k: v for k, v in body.items() if k not in ("id", "meta")}
 
 
 def _check_if_match(if_match: int | None, current: Version | None, resource_type: str, resource_id: str) -> None:

@@ -199,3 +199,15 @@ def test_seed_curl_examples(stack: RunningStack) -> None:
                           json={"resourceType": "Patient", "id": pid}).status_code == 412
         assert client.get(f"/Patient/{pid}/_history").json()["type"] == "history"
         assert client.get(f"/Patient/{pid}/_history/1").json()["meta"]["versionId"] == "1"
+
+
+def test_identical_update_without_if_match_writes_nothing(stack: RunningStack) -> None:
+    tenant = new_tenant()
+    with stack.client(tenant) as client:
+        created = create_patient(client)
+        before = {k: len(v) for k, v in stack.tenant_items(tenant).items()}
+        again = client.put(f"/Patient/{created['id']}", json={**created, "meta": {"versionId": "9"}})
+        assert again.status_code == 200 and again.json() == created and again.headers["ETag"] == 'W/"1"'
+        assert {k: len(v) for k, v in stack.tenant_items(tenant).items()} == before
+        changed = client.put(f"/Patient/{created['id']}", json={**created, "active": False})
+        assert changed.json()["meta"]["versionId"] == "2"
