@@ -6,6 +6,7 @@ from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools import Logger
+
 from esus.auth import TokenVerifier, authorizer_context
 from esus.errors import Unauthorized
 from esus.settings import get_settings

@@ -1,8 +1,9 @@
-"""POST /fhir/{type}: create a resource (version 1) or record a Provenance."""
+"""POST /fhir/{type}: create a resource (version 1; conditional with If-None-Exist) or record a Provenance."""
 
 from aws_lambda_powertools.event_handler import Response
+
 from esus.api import FhirRequest, create_app, lambda_entry, provenance_version, write_response
-from esus.auth import CREATE
+from esus.auth import CREATE, SEARCH
 from esus.container import services
 from esus.fhir import PROVENANCE
 from esus.provenance import parse_x_provenance
@@ -19,6 +20,11 @@ def create(resource_type: str) -> Response[str]:
         record = services().provenance.create(principal, body)
         return write_response(request, provenance_version(record), 201)
     x_provenance = parse_x_provenance(request.header("X-Provenance"))
+    if_none_exist = request.header("If-None-Exist")
+    if if_none_exist is not None:
+        principal.require(resource_type, SEARCH)
+        version, created = services().conditional.create(principal, resource_type, body, if_none_exist, x_provenance)
+        return write_response(request, version, 201 if created else 200)
     version = services().resources.create(principal, resource_type, body, x_provenance)
     return write_response(request, version, 201)
 

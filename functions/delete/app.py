@@ -1,6 +1,7 @@
 """DELETE /fhir/{type}/{id}: soft delete recorded as a new version; idempotent."""
 
 from aws_lambda_powertools.event_handler import Response
+
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry, version_headers
 from esus.auth import DELETE
 from esus.container import services

@@ -1,6 +1,7 @@
 """GET /fhir/{type}/{id}/_history: the versions, newest first, paged."""
 
 from aws_lambda_powertools.event_handler import Response
+
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
 from esus.auth import READ
 from esus.bundles import history_bundle

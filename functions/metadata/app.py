@@ -1,6 +1,7 @@
 """GET /fhir/metadata: the CapabilityStatement (no authentication)."""
 
 from aws_lambda_powertools.event_handler import Response
+
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
 from esus.capability import capability_statement
 from esus.settings import get_settings

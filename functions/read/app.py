@@ -1,6 +1,7 @@
 """GET /fhir/{type}/{id}: the current version (404 unknown, 410 deleted)."""
 
 from aws_lambda_powertools.event_handler import Response
+
 from esus.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
 from esus.auth import READ
 from esus.container import services

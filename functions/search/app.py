@@ -1,6 +1,7 @@
 """GET /fhir/{type}?… and POST /fhir/{type}/_search: searchset Bundles."""
 
 from aws_lambda_powertools.event_handler import Response
+
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
 from esus.auth import SEARCH
 from esus.bundles import searchset_bundle

@@ -1,6 +1,7 @@
 """PUT /fhir/{type}/{id}: update (If-Match honoured), update-as-create, revive after delete."""
 
 from aws_lambda_powertools.event_handler import Response
+
 from esus.api import FhirRequest, create_app, lambda_entry, write_response
 from esus.auth import UPDATE
 from esus.container import services

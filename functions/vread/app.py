@@ -1,6 +1,7 @@
 """GET /fhir/{type}/{id}/_history/{vid}: one exact version (410 for a delete version)."""
 
 from aws_lambda_powertools.event_handler import Response
+
 from esus.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
 from esus.auth import READ
 from esus.container import services

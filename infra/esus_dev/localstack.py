@@ -27,8 +27,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
-from esus.crypto import RootKeys
 
+from esus.crypto import RootKeys
 from esus_dev.devkeys import LOCAL_AUDIENCE, LOCAL_ISSUER, public_key_pem
 from esus_dev.template import Route, TemplateModel, load_template, resolve
 

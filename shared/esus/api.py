@@ -249,12 +249,10 @@ class FhirRequest:
                                  [Issue("invalid", "malformed If-Match", "If-Match")])
         return int(match.group(1))
 
-    def json_body(self) -> Any:
+    def json_body(self, accepted: tuple[str, ...] = ACCEPTED_CONTENT_TYPES) -> Any:
         content_type = (self.header("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type not in ACCEPTED_CONTENT_TYPES:
-            raise UnsupportedMediaType(
-                f"Content-Type must be application/fhir+json or application/json, not '{content_type[:60]}'"
-            )
+        if content_type not in accepted:
+            raise UnsupportedMediaType(f"Content-Type must be {' or '.join(accepted)}, not '{content_type[:60]}'")
         text = self._body_text()
         if not text.strip():
             raise InvalidRequest("The request body is empty")

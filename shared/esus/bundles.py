@@ -79,3 +79,23 @@ def searchset_bundle(
 
 def last_modified(resource: dict[str, Any]) -> str:
     return http_date(resource["meta"]["lastUpdated"])
+
+
+def response_bundle(kind: str, results: list[Any], with_resources: bool) -> dict[str, Any]:
+    """transaction-response / batch-response: per entry status, location, etag (or the OperationOutcome)."""
+    from esus.api import outcome
+
+    entries = []
+    for result in results:
+        response: dict[str, Any] = {"status": STATUS_TEXT.get(result.status, str(result.status))}
+        version = result.version
+        if version is not None:
+            response.update({"location": version.versioned_reference, "etag": version.etag,
+                             "lastModified": version.last_updated})
+        if result.outcome is not None:
+            response["outcome"] = outcome(result.outcome.issues)
+        entry: dict[str, Any] = {"response": response}
+        if with_resources and version is not None and version.resource is not None:
+            entry = {"fullUrl": version.reference, "resource": version.resource, **entry}
+        entries.append(entry)
+    return {"resourceType": "Bundle", "type": kind, "timestamp": now_instant(), "entry": entries}

@@ -45,12 +45,13 @@ def capability_statement(settings: Settings, base_url: str) -> dict[str, Any]:
                 "description": "Bearer JWT (RS256/ES256) with tenant, scope (SMART v1/v2) and fhirUser claims",
             },
             "resource": resources,
+            "interaction": [{"code": "history-system"}],
         }],
     }
 
 
 def _resource_entry(resource_type: str) -> dict[str, Any]:
-    interactions = ["create", "read", "vread", "update", "delete", "history-instance"]
+    interactions = ["create", "read", "vread", "update", "patch", "delete", "history-instance", "history-type"]
     params = HASHED_PARAMS.get(resource_type, ())
     if params:
         interactions.append("search-type")
@@ -60,9 +61,9 @@ def _resource_entry(resource_type: str) -> dict[str, Any]:
         "versioning": "versioned-update",
         "readHistory": True,
         "updateCreate": True,
-        "conditionalCreate": False,
-        "conditionalUpdate": False,
-        "conditionalDelete": "not-supported",
+        "conditionalCreate": bool(params),
+        "conditionalUpdate": bool(params),
+        "conditionalDelete": "single" if params else "not-supported",
         "searchParam": _params(params),
     }
 

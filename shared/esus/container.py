@@ -9,6 +9,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from esus.bundle_service import BundleService
+from esus.conditional import ConditionalService
 from esus.crypto import BlindIndex, CursorSigner, FieldCipher, KeyRing
 from esus.phi import ResourceCodec
 from esus.provenance_service import ProvenanceService
@@ -30,6 +32,8 @@ class Services:
     resources: ResourceService
     provenance: ProvenanceService
     search: SearchService
+    conditional: ConditionalService
+    bundles: BundleService
 
 
 def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None) -> Services:
@@ -45,16 +49,22 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
         "email": settings.token_bits_email,
         "telecom": min(settings.token_bits_phone, settings.token_bits_email),
         "identifier": settings.token_bits_identifier,
+        "_conditional-create": 128,  # a guard key, not an index: no collisions wanted
     })
     store = Store(settings, dynamodb, ResourceCodec(FieldCipher(keyring)))
     cursors = CursorSigner(keyring)
+    resources = ResourceService(settings, store, blind, cursors)
+    search = SearchService(settings, store, blind, cursors)
+    conditional = ConditionalService(resources, search, store, blind)
     return Services(
         settings=settings,
         keyring=keyring,
         store=store,
-        resources=ResourceService(settings, store, blind, cursors),
+        resources=resources,
         provenance=ProvenanceService(store),
-        search=SearchService(settings, store, blind, cursors),
+        search=search,
+        conditional=conditional,
+        bundles=BundleService(store, resources, conditional),
     )
 
 

@@ -65,4 +65,9 @@ class ResourceWrite:
     stale_index_refs: list[str]
     provenance: dict[str, Any]
     provenance_index: list[IndexEntry] = field(default_factory=list)
+    # Type- and system-level history: permanent change-log entries, one per level.
+    change_log: list[IndexEntry] = field(default_factory=list)
+    # Conditional create: (guard partition, resource id the guard may still name) written with the version,
+    # so two racing creates for the same search cannot both succeed.
+    unique_guard: tuple[str, str | None] | None = None
     request_token: str = ""

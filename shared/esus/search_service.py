@@ -78,6 +78,21 @@ class SearchService:
         last_cursor = sign(keys[last_start - 1]) if last_start > 0 else None
         return SearchPage(resources, len(keys), next_cursor, last_cursor, ignored)
 
+    def matching_ids(self, tenant: str, resource_type: str, params: dict[str, list[str]]) -> list[str]:
+        """Exact matches of a conditional interaction's search (strict: unknown parameters are a 400)."""
+        if resource_type not in HASHED_PARAMS:
+            raise InvalidRequest(f"Conditional interactions on {resource_type} are not supported: it has no "
+                                 "search parameters")
+        criteria, _ = parse_query(resource_type, params, lenient=False)
+        ids, _ = self._hashed_matches(tenant, resource_type, criteria)
+        return ids
+
+    def canonical_query(self, resource_type: str, params: dict[str, list[str]]) -> str:
+        """The search in normalised form: equal searches written differently give the same string."""
+        criteria, _ = parse_query(resource_type, params, lenient=False)
+        return json.dumps(sorted((c.param, sorted(hashed_query_value(c.param, v) for v in c.values))
+                                 for c in criteria))
+
     # ---------- Provenance ----------
     def _provenance_keys(self, tenant: str, criteria: list[Criterion]) -> list[str]:
         key_sets: list[set[str]] = []

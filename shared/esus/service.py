@@ -10,16 +10,36 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import jsonpatch
+import jsonpointer
+
 from esus import provenance as prov
 from esus.auth import Principal
 from esus.crypto import BlindIndex, CursorSigner
-from esus.errors import Conflict, Gone, InvalidRequest, Issue, MethodNotAllowed, NotFound, PreconditionFailed
+from esus.errors import (
+    Conflict,
+    Gone,
+    InvalidRequest,
+    Issue,
+    MethodNotAllowed,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
 from esus.fhir import PROVENANCE, RESOURCE_TYPES, now_instant, require_id, validate_resource
 from esus.model import IndexEntry, ResourceWrite, Version
 from esus.params import instant_param, last_value, page_size
 from esus.search import HASHED_PARAMS, hashed_index_values
 from esus.settings import Settings
-from esus.store import Store, TransientConflict, VersionConflict, index_partition
+from esus.store import (
+    ALL_TYPES,
+    Store,
+    TransientConflict,
+    VersionConflict,
+    change_log_partition,
+    change_log_sort,
+    index_partition,
+)
 
 
 @dataclass(frozen=True)
@@ -86,14 +106,35 @@ class ResourceService:
         next_cursor = self._cursors.sign(tenant, binding, page[-1].version) if more and page else None
         return HistoryPage(page, next_cursor)
 
+    def changes(self, tenant: str, resource_type: str | None, params: dict[str, list[str]]) -> HistoryPage:
+        """Type-level (`/Patient/_history`) or system-level (`/_history`) history from the change log:
+        newest first, `_since`, `_at` (versions up to that instant) and `_count`, signed cursor."""
+        if resource_type is not None and resource_type not in RESOURCE_TYPES:
+            _check_generic(resource_type)
+        count = page_size(self._s, last_value(params.get("_count")))
+        since = instant_param("_since", last_value(params.get("_since")))
+        at = instant_param("_at", last_value(params.get("_at")))
+        binding = f"changes|{resource_type or ALL_TYPES}|{since}|{at}"
+        cursor = last_value(params.get("_cursor"))
+        before = self._cursors.verify(tenant, binding, cursor) if cursor else None
+        if before is None and at is not None:
+            before = f"{at}|~"  # every change up to and including `at`
+        partition = change_log_partition(tenant, resource_type or ALL_TYPES)
+        keys, more = self._store.change_log_keys(partition, max(count, 1), since, before)
+        keys = keys[:count]
+        versions = self._store.versions_by_change_keys(tenant, keys) if keys else []
+        next_cursor = self._cursors.sign(tenant, binding, keys[-1]) if more and keys else None
+        return HistoryPage(versions, next_cursor)
+
     # ---------- writes ----------
     def create(
-        self, principal: Principal, resource_type: str, body: Any, x_provenance: dict[str, Any] | None
+        self, principal: Principal, resource_type: str, body: Any, x_provenance: dict[str, Any] | None,
+        guard: tuple[str, str | None] | None = None,
     ) -> Version:
         _check_generic(resource_type)
         resource_id = str(uuid.uuid4())
-        version = self._new_version(resource_type, resource_id, 1, body, "POST", 201)
-        self._commit(principal, version, None, None, (), x_provenance)
+        version = self.new_version(resource_type, resource_id, 1, body, "POST", 201)
+        self._commit(principal, version, None, None, (), x_provenance, guard)
         return version
 
     def update(
@@ -122,12 +163,38 @@ class ResourceService:
                 _backoff(attempt)
         raise Conflict(f"{resource_type}/{resource_id} is being changed by others; retry", headers={"Retry-After": "1"})
 
+    def patch(
+        self, principal: Principal, resource_type: str, resource_id: str, operations: Any, if_match: int | None,
+        x_provenance: dict[str, Any] | None,
+    ) -> WriteOutcome:
+        """JSON Patch (RFC 6902) on the current version, validated like an update, retried like one."""
+        _check_generic(resource_type)
+        require_id(resource_id)
+        patch = _json_patch(operations)
+        for attempt in range(self._s.update_retry_attempts):
+            current = self.read(resource_type, resource_id, principal.tenant)
+            _check_if_match(if_match, current, resource_type, resource_id)
+            assert current.resource is not None
+            try:
+                patched = patch.apply(current.resource)
+            except jsonpatch.JsonPatchTestFailed as exc:
+                raise Unprocessable(f"JSON Patch test failed: {str(exc)[:200]}") from None
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+                raise Unprocessable(f"JSON Patch cannot be applied: {str(exc)[:200]}") from None
+            try:
+                return self._write_over(principal, resource_type, resource_id, patched, current, x_provenance)
+            except VersionConflict as conflict:
+                if if_match is not None:
+                    raise _stale(resource_type, resource_id, if_match, conflict.current_version) from None
+                _backoff(attempt)
+        raise Conflict(f"{resource_type}/{resource_id} is being changed by others; retry", headers={"Retry-After": "1"})
+
     def _update_blind(
         self, principal: Principal, resource_type: str, resource_id: str, body: Any, if_match: int,
         x_provenance: dict[str, Any] | None,
     ) -> WriteOutcome:
         """If-Match on a type without hashed indexes: one conditional write, no read."""
-        version = self._new_version(resource_type, resource_id, if_match + 1, body, "PUT", 200)
+        version = self.new_version(resource_type, resource_id, if_match + 1, body, "PUT", 200)
         try:
             self._commit(principal, version, if_match, False, (), x_provenance)
             return WriteOutcome(version, created=False)
@@ -146,13 +213,13 @@ class ResourceService:
         x_provenance: dict[str, Any] | None,
     ) -> WriteOutcome:
         if current is None:  # update-as-create (the client chose the id)
-            version = self._new_version(resource_type, resource_id, 1, body, "PUT", 201)
+            version = self.new_version(resource_type, resource_id, 1, body, "PUT", 201)
             self._commit(principal, version, None, None, (), x_provenance)
             return WriteOutcome(version, created=True)
-        if not current.deleted and current.resource is not None and _same_content(current.resource, body):
+        if not current.deleted and current.resource is not None and same_content(current.resource, body):
             return WriteOutcome(current, created=False)  # identical content: no new version, nothing written
         status = 201 if current.deleted else 200
-        version = self._new_version(resource_type, resource_id, current.version + 1, body, "PUT", status)
+        version = self.new_version(resource_type, resource_id, current.version + 1, body, "PUT", status)
         self._commit(principal, version, current.version, current.deleted, current.index_refs, x_provenance)
         return WriteOutcome(version, created=current.deleted)
 
@@ -181,7 +248,7 @@ class ResourceService:
         raise Conflict(f"{resource_type}/{resource_id} is being changed by others; retry", headers={"Retry-After": "1"})
 
     # ---------- the one write path ----------
-    def _new_version(
+    def new_version(
         self, resource_type: str, resource_id: str, number: int, body: Any, method: str, status: int
     ) -> Version:
         last_updated = self._clock()
@@ -209,6 +276,10 @@ class ResourceService:
             stale_index_refs=list(stale_refs),
             provenance=record,
             provenance_index=prov.index_entries(principal.tenant, record, sort_key),
+            change_log=[
+                IndexEntry(change_log_partition(principal.tenant, level), change_log_sort(version), version.resource_id)
+                for level in (ALL_TYPES, version.resource_type)
+            ],
             request_token=str(uuid.uuid4()),
         )
         return write, sort_key
@@ -228,8 +299,10 @@ class ResourceService:
     def _commit(
         self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
         stale_refs: tuple[str, ...], x_provenance: dict[str, Any] | None,
+        guard: tuple[str, str | None] | None = None,
     ) -> None:
         write, sort_key = self.prepare(principal, version, expected_version, expected_deleted, stale_refs, x_provenance)
+        write.unique_guard = guard
         items = self._store.resource_write_items(write, sort_key)
         for attempt in range(3):
             try:
@@ -264,7 +337,24 @@ def _with_server_meta(body: Any, resource_id: str, version: int, last_updated: s
     }
 
 
-def _same_content(stored: dict[str, Any], body: dict[str, Any]) -> bool:
+SERVER_OWNED_PATHS = ("/id", "/meta", "/resourceType")
+
+
+def _json_patch(operations: Any) -> jsonpatch.JsonPatch:
+    if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+        raise InvalidRequest("A JSON Patch document is an array of operations")
+    for op in operations:
+        for key in ("path", "from"):
+            path = op.get(key)
+            if isinstance(path, str) and any(path == p or path.startswith(f"{p}/") for p in SERVER_OWNED_PATHS):
+                raise InvalidRequest(f"JSON Patch must not change {path}: id, meta and resourceType are the server's")
+    try:
+        return jsonpatch.JsonPatch(operations)
+    except (jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException, TypeError) as exc:
+        raise InvalidRequest(f"Invalid JSON Patch: {str(exc)[:200]}") from None
+
+
+def same_content(stored: dict[str, Any], body: dict[str, Any]) -> bool:
     """Equal apart from server-owned id/meta: re-sending a resource (an import re-run) changes nothing."""
     return {k: v for k, v in stored.items() if k not in ("id", "meta")} == {
         k: v for k, v in body.items() if k not in ("id", "meta")}

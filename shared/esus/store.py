@@ -62,6 +62,18 @@ def index_partition(tenant: str, resource_type: str, param: str, value: str) -> 
     return f"{tenant}|{resource_type}|{param}|{value}"
 
 
+ALL_TYPES = "*"
+
+
+def change_log_partition(tenant: str, resource_type: str) -> str:
+    """Per-tenant change log (system level: resource_type "*"). One item per version, newest last."""
+    return f"{tenant}|_changes|{resource_type}"
+
+
+def change_log_sort(version: Version) -> str:
+    return f"{version.last_updated}|{version.resource_type}|{version.resource_id}|{version.version:012d}"
+
+
 def _av(value: Any) -> dict[str, Any]:
     return dict(_serializer.serialize(value))
 
@@ -123,6 +135,40 @@ class Store:
         items = self._ddb.query(**kwargs).get("Items", [])
         versions = [self._version(tenant, resource_type, resource_id, _plain(i)) for i in items]
         return versions[:count], len(versions) > count
+
+    def change_log_keys(
+        self, partition: str, count: int, since: str | None, before: str | None
+    ) -> tuple[list[str], bool]:
+        """Newest first, keys only: one Query per page. Returns (sort keys, more)."""
+        condition, values = "pk = :pk", {":pk": _av(partition)}
+        if since and before:
+            condition += " AND sk BETWEEN :since AND :before"
+            values.update({":since": _av(since), ":before": _av(before)})
+        elif since:
+            condition += " AND sk >= :since"
+            values[":since"] = _av(since)
+        elif before:
+            condition += " AND sk < :before"
+            values[":before"] = _av(before)
+        response = self._ddb.query(
+            TableName=self._s.index_table, KeyConditionExpression=condition, ExpressionAttributeValues=values,
+            ProjectionExpression="sk", ScanIndexForward=False, Limit=count + 1, ConsistentRead=True,
+        )
+        keys = [item["sk"]["S"] for item in response.get("Items", [])]
+        keys = [k for k in keys if before is None or k < before]
+        return keys[:count], len(keys) > count
+
+    def versions_by_change_keys(self, tenant: str, sort_keys: Sequence[str]) -> list[Version]:
+        """The history items that change-log sort keys point at, in the same order (one BatchGetItem)."""
+        refs = [key.split("|")[1:] for key in sort_keys]
+        keys = [{"pk": _av(resource_key(tenant, t, i)), "v": _av(int(v))} for t, i, v in refs]
+        found: dict[tuple[str, int], Version] = {}
+        for item in self._batch_get(self._s.history_table, keys):
+            plain = _plain(item)
+            _, resource_type, resource_id = str(plain["pk"]).split("|", 2)
+            version = self._version(tenant, resource_type, resource_id, plain)
+            found[(version.reference, version.version)] = version
+        return [found[(f"{t}/{i}", int(v))] for t, i, v in refs if (f"{t}/{i}", int(v)) in found]
 
     def currents(self, tenant: str, resource_type: str, ids: Sequence[str]) -> list[Version]:
         keys = [{"pk": _av(resource_key(tenant, resource_type, i))} for i in ids]
@@ -228,6 +274,24 @@ class Store:
         item = _item({"pk": entry.partition, "sk": entry.sort, "rid": entry.resource_id})
         return {"Put": {"TableName": self._s.index_table, "Item": item}}
 
+    def _guard_put(self, write: ResourceWrite) -> dict[str, Any]:
+        assert write.unique_guard is not None
+        partition, stale_id = write.unique_guard
+        put: dict[str, Any] = {"TableName": self._s.index_table,
+                               "Item": _item({"pk": partition, "sk": "-", "rid": write.version.resource_id})}
+        if stale_id is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:  # the guarded resource no longer matches: take the guard over, unless someone else did
+            put["ConditionExpression"] = "rid = :stale"
+            put["ExpressionAttributeValues"] = {":stale": _av(stale_id)}
+        return {"Put": put}
+
+    def guard_owner(self, partition: str) -> str | None:
+        response = self._ddb.get_item(TableName=self._s.index_table, Key={"pk": _av(partition), "sk": _av("-")},
+                                      ConsistentRead=True)
+        item = response.get("Item")
+        return str(item["rid"]["S"]) if item else None
+
     def index_delete(self, ref: str) -> dict[str, Any]:
         entry = IndexEntry.from_ref(ref)
         return {"Delete": {"TableName": self._s.index_table,
@@ -263,6 +327,8 @@ class Store:
                      "ConditionExpression": "attribute_not_exists(pk)"}},
             self.provenance_put(write.tenant, write.provenance, recorded_key),
             *(self.index_put(e) for e in write.provenance_index),
+            *(self.index_put(e) for e in write.change_log),
+            *([self._guard_put(write)] if write.unique_guard else []),
             *(self.index_put(e) for e in write.index_entries if e.ref not in old_refs),
             *(self.index_delete(ref) for ref in sorted(old_refs - set(new_refs))),
         ]
@@ -333,7 +399,7 @@ class Store:
                     int(old["v"]) if "v" in old else None,
                     bool(old["del"]) if "del" in old else None,
                 ) from None
-            if "ConditionalCheckFailed" in codes[1:2]:  # history item exists: a racing writer won
+            if "ConditionalCheckFailed" in codes[1:]:  # history or uniqueness item exists: a racing writer won
                 raise VersionConflict(None, None) from None
             if "TransactionConflict" in codes:
                 raise TransientConflict("TransactionConflict") from None

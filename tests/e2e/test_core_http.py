@@ -179,7 +179,8 @@ def test_capability_statement_is_public_and_truthful(stack: RunningStack) -> Non
         assert resource_type in resources
     patient = resources["Patient"]
     assert patient["versioning"] == "versioned-update" and patient["readHistory"] and patient["updateCreate"]
-    assert {"read", "vread", "update", "delete", "history-instance", "create", "search-type"} <= {
+    assert {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+            "search-type"} <= {
         i["code"] for i in patient["interaction"]}
     assert {p["name"] for p in patient["searchParam"]} == {"phone", "email", "telecom", "identifier"}
     assert {i["code"] for i in resources["Provenance"]["interaction"]} == {"create", "read", "vread", "search-type"}

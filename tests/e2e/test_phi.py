@@ -12,8 +12,8 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from esus.search import normalise_email, normalise_phone
 
+from esus.search import normalise_email, normalise_phone
 from tests.conftest import EXAMPLES, REPO, SYNTHEA, RunningStack, new_tenant
 
 MIN_PROBE = 5  # shorter strings could occur by chance inside kilobytes of ciphertext

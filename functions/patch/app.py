@@ -1,0 +1,25 @@
+"""PATCH /fhir/{type}/{id}: JSON Patch (application/json-patch+json), If-Match honoured."""
+
+from aws_lambda_powertools.event_handler import Response
+
+from esus.api import FhirRequest, create_app, lambda_entry, write_response
+from esus.auth import UPDATE
+from esus.container import services
+from esus.provenance import parse_x_provenance
+
+app = create_app()
+JSON_PATCH = ("application/json-patch+json",)
+
+
+@app.patch("/fhir/<resource_type>/<resource_id>")
+def patch(resource_type: str, resource_id: str) -> Response[str]:
+    request = FhirRequest(app)
+    principal = request.authorize(resource_type, UPDATE)
+    if_match = request.if_match()
+    operations = request.json_body(JSON_PATCH)
+    x_provenance = parse_x_provenance(request.header("X-Provenance"))
+    outcome = services().resources.patch(principal, resource_type, resource_id, operations, if_match, x_provenance)
+    return write_response(request, outcome.version, 200)
+
+
+handler = lambda_entry(app)

@@ -1,0 +1,23 @@
+"""GET /fhir/_history: every change in the tenant, newest first, paged (needs read on all types)."""
+
+from aws_lambda_powertools.event_handler import Response
+
+from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.auth import READ
+from esus.bundles import history_bundle
+from esus.container import services
+
+app = create_app()
+
+
+@app.get("/fhir/_history")
+def system_history() -> Response[str]:
+    request = FhirRequest(app)
+    principal = request.principal
+    principal.require("*", READ)
+    page = services().resources.changes(principal.tenant, None, request.query())
+    next_url = request.url_with(_cursor=page.next_cursor) if page.next_cursor else None
+    return fhir_response(200, history_bundle(request.base_url, request.url, page.versions, next_url))
+
+
+handler = lambda_entry(app)
