@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import collections
+import copy
 import importlib.util
 import logging
 import os
@@ -44,6 +46,49 @@ def _locked(app: Callable[..., Iterable[bytes]], lock: threading.Lock) -> Callab
     return wrapper
 
 
+class _TransactionSnapshots:
+    """Stands in for the `copy` module inside moto's DynamoDB backend.
+
+    moto backs up a whole table with copy.deepcopy for EVERY item of a TransactWriteItems, so a stack
+    that holds a few thousand resources spends seconds and gigabytes per write. With Put, Delete and
+    ConditionCheck only (all this project's transactions), a Table clone with copied item containers is
+    an exact rollback point: those operations replace or remove Item objects, never mutate them. An
+    Update mutates items in place, so it keeps moto's deep copy."""
+
+    def __init__(self) -> None:
+        self.shallow_ok = False
+
+    def deepcopy(self, value: Any, memo: Any = None) -> Any:
+        from moto.dynamodb.models.table import Table
+
+        if self.shallow_ok and isinstance(value, Table):
+            clone = copy.copy(value)
+            clone.items = collections.defaultdict(dict)
+            for key, stored in value.items.items():
+                clone.items[key] = dict(stored) if value.has_range_key else stored
+            return clone
+        return copy.deepcopy(value, memo)
+
+
+def _install_cheap_transaction_rollback() -> None:
+    from moto.dynamodb import models
+
+    if isinstance(models.copy, _TransactionSnapshots):
+        return
+    snapshots = _TransactionSnapshots()
+    original = models.DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        snapshots.shallow_ok = not any("Update" in item for item in transact_items)
+        try:
+            original(self, transact_items)
+        finally:
+            snapshots.shallow_ok = False
+
+    models.copy = snapshots  # type: ignore[assignment]
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
 class EmbeddedMoto:
     """moto's server on 127.0.0.1, one request at a time."""
 
@@ -51,6 +96,7 @@ class EmbeddedMoto:
         from moto.server import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
+        _install_cheap_transaction_rollback()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.lock = threading.Lock()
         app = _locked(DomainDispatcherApplication(create_backend_app), self.lock)

@@ -64,6 +64,9 @@ def parse_x_provenance(header: str | None) -> dict[str, Any] | None:
             "X-Provenance must not carry a target: the server sets it to the version it writes",
             [Issue("invalid", "target is set by the server", "Provenance.target")],
         )
+    # Checked now, before any read or write (the target is only known later).
+    finalize({**body, "target": [{"reference": "Basic/x-provenance-check"}],
+              "recorded": body.get("recorded") or "1970-01-01T00:00:00Z"}, "x-provenance-check", "1970-01-01T00:00:00Z")
     return body
 
 

@@ -20,7 +20,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from esus.crypto import FieldContext
-from esus.errors import IntegrityFailure, PayloadTooLarge
+from esus.errors import Conflict, IntegrityFailure, PayloadTooLarge
 from esus.model import IndexEntry, ResourceWrite, Version
 from esus.phi import ResourceCodec
 from esus.settings import Settings
@@ -38,11 +38,12 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 
-class VersionConflict(Exception):
-    """The conditional write lost: another version was stored first (or the resource is missing)."""
+class VersionConflict(Conflict):
+    """The conditional write lost: another version was stored first (or the resource is missing).
+    Callers that can (If-Match, retries) turn it into 412 or a retry; anywhere else it is a 409."""
 
     def __init__(self, current_version: int | None, current_deleted: bool | None) -> None:
-        super().__init__("version conflict")
+        super().__init__("A concurrent change won; nothing was stored. Retry.", headers={"Retry-After": "1"})
         self.current_version = current_version
         self.current_deleted = current_deleted
 

@@ -52,7 +52,8 @@ def _cases(existing_id: str) -> list[tuple[str, str, str, dict[str, str], bytes,
         ("unsupported search param", "GET", "/Patient?shoe=9", {}, b"", 400, "invalid"),
         ("bad _count", "GET", "/Patient?phone=1&_count=many", {}, b"", 400, "invalid"),
         ("unknown route", "GET", "/Patient/1/_history/1/extra", {}, b"", 404, "not-found"),
-        ("unsupported method", "PATCH", f"/Patient/{existing_id}", {}, patient, 404, "not-found"),
+        ("unsupported method", "POST", f"/Patient/{existing_id}", {}, patient, 404, "not-found"),
+        ("patch without json-patch", "PATCH", f"/Patient/{existing_id}", {}, b"[]", 415, "not-supported"),
     ]
 
 

@@ -108,3 +108,24 @@ def test_local_aws_stand_in_is_atomic_across_threads(stack: RunningStack) -> Non
     final = int(ddb.get_item(TableName=table, Key={"pk": {"S": key}}, ConsistentRead=True)["Item"]["v"]["N"])
     assert len(successes) == final
     assert sorted(successes) == list(range(1, final + 1))
+
+
+def test_local_aws_stand_in_rolls_back_a_cancelled_transaction(stack: RunningStack) -> None:
+    """Earlier items of a cancelled transaction (puts and deletes, across tables) leave no trace."""
+    ddb = stack.dynamodb()
+    resources, index = stack.table("ResourcesTable"), stack.table("IndexTable")
+    tenant = new_tenant()
+    keep = {"pk": {"S": f"{tenant}|idx|keep"}, "sk": {"S": "1"}}
+    ddb.put_item(TableName=index, Item=keep)
+    try:
+        ddb.transact_write_items(TransactItems=[
+            {"Put": {"TableName": resources, "Item": {"pk": {"S": f"{tenant}|Basic|new"}, "v": {"N": "1"}}}},
+            {"Delete": {"TableName": index, "Key": keep}},
+            {"Put": {"TableName": resources, "Item": {"pk": {"S": f"{tenant}|Basic|guard"}, "v": {"N": "1"}},
+                     "ConditionExpression": "attribute_exists(pk)"}},
+        ])
+        raise AssertionError("the transaction should have been cancelled")
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "TransactionCanceledException"
+    assert "Item" not in ddb.get_item(TableName=resources, Key={"pk": {"S": f"{tenant}|Basic|new"}})
+    assert "Item" in ddb.get_item(TableName=index, Key=keep)

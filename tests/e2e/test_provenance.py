@@ -120,7 +120,7 @@ def test_chain_of_custody_matches_history_one_to_one(stack: RunningStack) -> Non
 def test_versioned_target_matches_one_version(stack: RunningStack) -> None:
     with stack.client(new_tenant()) as client:
         pid = client.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
-        client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid})
+        client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": True})
         versioned = client.get("/Provenance", params={"target": f"Patient/{pid}/_history/2"}).json()
         assert [e["resource"]["target"][0]["reference"] for e in versioned["entry"]] == [f"Patient/{pid}/_history/2"]
         both = client.get("/Provenance", params={
@@ -211,7 +211,7 @@ def test_x_provenance_replaces_server_record_atomically(stack: RunningStack) -> 
         assert client.get("/Provenance", params={"entity": "DocumentReference/source-file-1"}).json()["total"] == 1
         # An invalid X-Provenance (US Core: Device without onBehalfOf) rejects the write.
         bad = {**header, "agent": [{"who": {"reference": "Device/importer-1"}}]}
-        rejected = client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid},
+        rejected = client.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": False},
                               headers={"X-Provenance": json.dumps(bad)})
         assert rejected.status_code == 400
         assert client.get(f"/Patient/{pid}").json()["meta"]["versionId"] == "1"
