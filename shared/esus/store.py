@@ -220,6 +220,12 @@ class Store:
         return items
 
     # ---------- decoding ----------
+    def decode_version(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any]) -> Version:
+        return self._version(tenant, resource_type, resource_id, item)
+
+    def decode_provenance(self, tenant: str, item: dict[str, Any]) -> dict[str, Any]:
+        return self._provenance(tenant, item)
+
     def _version(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any]) -> Version:
         version = int(item["v"])
         deleted = bool(item.get("del", False))
