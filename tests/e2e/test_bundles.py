@@ -118,3 +118,38 @@ def test_transaction_conditional_create_and_x_provenance_on_every_entry(stack: R
         assert again["entry"][0]["response"]["location"] == first["entry"][0]["response"]["location"]
         agents = client.get("/Provenance", params={"agent": "Organization/importer"}).json()
         assert agents["total"] == 2  # the header applied to both entries of the first transaction
+
+
+def test_transaction_racing_an_update_exactly_one_wins(stack: RunningStack) -> None:
+    """A transaction and a plain update, both conditioned on version 1, truly concurrent: one succeeds,
+    the other fails cleanly (412/409) and leaves nothing behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tenant = new_tenant()
+    transaction_wins = 0
+    for round_ in range(5):
+        with stack.client(tenant) as client:
+            org = client.post("/Organization", json={"resourceType": "Organization", "name": "A"}).json()
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            _entry("POST", "Patient", {"resourceType": "Patient", "gender": "other"}),
+            _entry("PUT", f"Organization/{org['id']}", {**org, "name": "by transaction"}, ifMatch='W/"1"')]}
+
+        def run_transaction(bundle: dict = bundle) -> int:
+            with stack.client(tenant) as client:
+                return client.post(stack.base_url, json=bundle).status_code
+
+        def run_update(org: dict = org) -> int:
+            with stack.client(tenant) as client:
+                return client.put(f"/Organization/{org['id']}", json={**org, "name": "by update"},
+                                  headers={"If-Match": 'W/"1"'}).status_code
+
+        with ThreadPoolExecutor(2) as pool:
+            tx, update = pool.submit(run_transaction), pool.submit(run_update)
+            statuses = sorted([tx.result(), update.result()])
+        assert statuses[0] == 200 and statuses[1] in (409, 412), (round_, statuses)
+        with stack.client(tenant) as client:
+            final = client.get(f"/Organization/{org['id']}").json()
+        assert final["meta"]["versionId"] == "2"
+        transaction_wins += final["name"] == "by transaction"
+    patients = [i for i in stack.tenant_items(tenant)["ResourcesTable"] if "|Patient|" in i["pk"]["S"]]
+    assert len(patients) == transaction_wins  # a losing transaction stored none of its entries

@@ -136,3 +136,17 @@ def test_unexpected_errors_are_500_with_correlation_id_only(local: InProcessStac
     assert result.status == 500
     text = result.body.decode()
     assert "correlation id" in text and "Peter" not in text and "RuntimeError" not in text
+
+
+def test_configured_public_base_url_is_used_for_absolute_urls(local: InProcessStack, monkeypatch) -> None:
+    from esus.settings import get_settings
+
+    monkeypatch.setenv("ESUS_PUBLIC_BASE_URL", "https://fhir.example.org/r4/")
+    get_settings.cache_clear()
+    result = local.request("POST", "/Patient", PATIENT)
+    created = local.json(result)
+    assert result.headers["Location"] == f"https://fhir.example.org/r4/Patient/{created['id']}/_history/1"
+    monkeypatch.delenv("ESUS_PUBLIC_BASE_URL")
+    get_settings.cache_clear()
+    derived = local.request("POST", "/Patient", PATIENT)
+    assert derived.headers["Location"].startswith("https://fhir.test/fhir/Patient/")  # Host + stage-less path
