@@ -20,6 +20,13 @@ def test_missing_and_invalid_tokens_get_401_outcome(stack: RunningStack) -> None
         "wrong issuer": f"Bearer {stack.token(tenant, iss='https://evil.example')}",
         "tampered": "Bearer " + _tamper(stack.token(tenant)),
         "alg none": "Bearer " + _alg_none(tenant),
+        "HS256 keyed with the public key": "Bearer " + _hs256_with_public_key(stack, tenant),
+        "not yet valid": f"Bearer {stack.token(tenant, nbf=int(time.time()) + 3600)}",
+        "no tenant": f"Bearer {stack.token(tenant, omit=('tenant',))}",
+        "bad tenant": f"Bearer {stack.token('../other')}",
+        "no scope": f"Bearer {stack.token(tenant, omit=('scope',))}",
+        "no expiry": f"Bearer {stack.token(tenant, omit=('exp',))}",
+        "oversized": f"Bearer {stack.token(tenant, padding='x' * 10_000)}",
     }
     with stack.client() as client:
         for name, header in bad_tokens.items():
@@ -39,6 +46,25 @@ def _tamper(token: str) -> str:
     claims["tenant"] = "someone-else"
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     return f"{header}.{forged}.{signature}"
+
+
+def _hs256_with_public_key(stack: RunningStack, tenant: str) -> str:
+    """The classic algorithm-confusion attack: HMAC keyed with the server's public key."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    from esus_dev.devkeys import public_key_pem
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    claims = {"tenant": tenant, "scope": "user/*.*", "iss": "https://esus.local/issuer", "aud": "esus-fhir",
+              "exp": int(time.time()) + 60}
+    signing_input = f"{b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{b64(json.dumps(claims).encode())}"
+    key = public_key_pem(stack.dev_dir).encode()
+    return f"{signing_input}.{b64(hmac.new(key, signing_input.encode(), hashlib.sha256).digest())}"
 
 
 def _alg_none(tenant: str) -> str:
