@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import collections
-import copy
 import importlib.util
 import logging
 import os
 import re
 import threading
 import time
+import types
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
@@ -41,52 +40,78 @@ LOCAL_REGION = "us-east-1"
 def _locked(app: Callable[..., Iterable[bytes]], lock: threading.Lock) -> Callable[..., Iterable[bytes]]:
     def wrapper(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         with lock:
-            return [b"".join(app(environ, start_response))]
+            body = [b"".join(app(environ, start_response))]
+            _forget_tracked_instances()
+            return body
 
     return wrapper
 
 
-class _TransactionSnapshots:
-    """Stands in for the `copy` module inside moto's DynamoDB backend.
-
-    moto backs up a whole table with copy.deepcopy for EVERY item of a TransactWriteItems, so a stack
-    that holds a few thousand resources spends seconds and gigabytes per write. With Put, Delete and
-    ConditionCheck only (all this project's transactions), a Table clone with copied item containers is
-    an exact rollback point: those operations replace or remove Item objects, never mutate them. An
-    Update mutates items in place, so it keeps moto's deep copy."""
-
-    def __init__(self) -> None:
-        self.shallow_ok = False
-
-    def deepcopy(self, value: Any, memo: Any = None) -> Any:
-        from moto.dynamodb.models.table import Table
-
-        if self.shallow_ok and isinstance(value, Table):
-            clone = copy.copy(value)
-            clone.items = collections.defaultdict(dict)
-            for key, stored in value.items.items():
-                clone.items[key] = dict(stored) if value.has_range_key else stored
-            return clone
-        return copy.deepcopy(value, memo)
-
-
-def _install_cheap_transaction_rollback() -> None:
+def _install_item_level_transaction_rollback() -> None:
+    """moto backs up every table a TransactWriteItems names with copy.deepcopy, once per item, so a
+    stack holding a few thousand resources spends seconds and gigabytes per write. Instead, snapshot
+    only the items the transaction touches and restore them if it is cancelled; the result is the same
+    all-or-nothing behaviour (tests/e2e/test_concurrency.py proves the rollback)."""
     from moto.dynamodb import models
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import Table
 
-    if isinstance(models.copy, _TransactionSnapshots):
-        return
-    snapshots = _TransactionSnapshots()
     original = models.DynamoDBBackend.transact_write_items
+    if getattr(original, "esus_item_level", False):
+        return
+    real_copy = models.copy
+    keep_tables = types.SimpleNamespace(
+        deepcopy=lambda value, *args: value if isinstance(value, Table) else real_copy.deepcopy(value, *args))
+
+    def touched(backend: Any, transact_items: list[dict[str, Any]]) -> list[tuple[Any, Any, Any, Any]]:
+        saved = []
+        for entry in transact_items:
+            op = next(iter(entry.values()))
+            table = backend.tables.get(op.get("TableName"))
+            key = op.get("Key") or op.get("Item") or {}
+            if table is None or table.hash_key_attr not in key:
+                continue
+            hash_value = DynamoType(key[table.hash_key_attr])
+            range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr in key else None
+            if range_value is None:
+                current = table.items.get(hash_value)
+            else:
+                current = table.items.get(hash_value, {}).get(range_value)
+            saved.append((table, hash_value, range_value, real_copy.deepcopy(current)))
+        return saved
+
+    def restore(saved: list[tuple[Any, Any, Any, Any]]) -> None:
+        for table, hash_value, range_value, item in reversed(saved):
+            container = table.items if range_value is None else table.items[hash_value]
+            slot = hash_value if range_value is None else range_value
+            if item is None:
+                container.pop(slot, None)
+            else:
+                container[slot] = item
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        snapshots.shallow_ok = not any("Update" in item for item in transact_items)
+        saved = touched(self, transact_items)
+        models.copy = keep_tables  # type: ignore[assignment]
         try:
             original(self, transact_items)
+        except Exception:
+            restore(saved)
+            raise
         finally:
-            snapshots.shallow_ok = False
+            models.copy = real_copy
 
-    models.copy = snapshots  # type: ignore[assignment]
+    transact_write_items.esus_item_level = True  # type: ignore[attr-defined]
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def _forget_tracked_instances() -> None:
+    """moto remembers every model object it ever created (for resets between tests): a server that
+    lives for hours would keep every overwritten item. Nothing here needs that list."""
+    from moto.core.model_instances import model_data
+
+    for models in model_data.values():
+        for model in models.values():
+            model.instances_tracked.clear()
 
 
 class EmbeddedMoto:
@@ -96,7 +121,7 @@ class EmbeddedMoto:
         from moto.server import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
-        _install_cheap_transaction_rollback()
+        _install_item_level_transaction_rollback()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.lock = threading.Lock()
         app = _locked(DomainDispatcherApplication(create_backend_app), self.lock)
@@ -298,6 +323,7 @@ class LocalStack:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out separately: no 40 ms delayed-ACK stall
 
             def _dispatch(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
