@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonpatch
 import jsonpointer
@@ -40,6 +40,8 @@ from esus.store import (
     change_log_sort,
     index_partition,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -152,16 +154,13 @@ class ResourceService:
             raise InvalidRequest("This server requires If-Match on updates (versioned-update)")
         if if_match is not None and resource_type not in HASHED_PARAMS:
             return self._update_blind(principal, resource_type, resource_id, body, if_match, x_provenance)
-        for attempt in range(self._s.update_retry_attempts):
+
+        def attempt() -> WriteOutcome:
             current = self._store.current(principal.tenant, resource_type, resource_id)
             _check_if_match(if_match, current, resource_type, resource_id)
-            try:
-                return self._write_over(principal, resource_type, resource_id, body, current, x_provenance)
-            except VersionConflict as conflict:
-                if if_match is not None:
-                    raise _stale(resource_type, resource_id, if_match, conflict.current_version) from None
-                _backoff(attempt)
-        raise Conflict(f"{resource_type}/{resource_id} is being changed by others; retry", headers={"Retry-After": "1"})
+            return self._write_over(principal, resource_type, resource_id, body, current, x_provenance)
+
+        return self._optimistic(resource_type, resource_id, if_match, attempt)
 
     def patch(
         self, principal: Principal, resource_type: str, resource_id: str, operations: Any, if_match: int | None,
@@ -171,7 +170,8 @@ class ResourceService:
         _check_generic(resource_type)
         require_id(resource_id)
         patch = _json_patch(operations)
-        for attempt in range(self._s.update_retry_attempts):
+
+        def attempt() -> WriteOutcome:
             current = self.read(resource_type, resource_id, principal.tenant)
             _check_if_match(if_match, current, resource_type, resource_id)
             assert current.resource is not None
@@ -181,12 +181,20 @@ class ResourceService:
                 raise Unprocessable(f"JSON Patch test failed: {str(exc)[:200]}") from None
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
                 raise Unprocessable(f"JSON Patch cannot be applied: {str(exc)[:200]}") from None
+            return self._write_over(principal, resource_type, resource_id, patched, current, x_provenance)
+
+        return self._optimistic(resource_type, resource_id, if_match, attempt)
+
+    def _optimistic(self, resource_type: str, resource_id: str, if_match: int | None, attempt: Callable[[], T]) -> T:
+        """Read-decide-write with bounded, jittered retries when another writer wins the race; a client
+        that pinned a version (If-Match) gets 412 instead, naming the current version."""
+        for n in range(self._s.update_retry_attempts):
             try:
-                return self._write_over(principal, resource_type, resource_id, patched, current, x_provenance)
+                return attempt()
             except VersionConflict as conflict:
                 if if_match is not None:
                     raise _stale(resource_type, resource_id, if_match, conflict.current_version) from None
-                _backoff(attempt)
+                _backoff(n)
         raise Conflict(f"{resource_type}/{resource_id} is being changed by others; retry", headers={"Retry-After": "1"})
 
     def _update_blind(
@@ -232,20 +240,17 @@ class ResourceService:
         require_id(resource_id)
         if if_match is None and self._s.require_if_match:
             raise InvalidRequest("This server requires If-Match on deletes (versioned-update)")
-        for attempt in range(self._s.update_retry_attempts):
+
+        def attempt() -> Version | None:
             current = self._store.current(principal.tenant, resource_type, resource_id)
             _check_if_match(if_match, current, resource_type, resource_id)
             if current is None or current.deleted:
                 return None
             version = Version(resource_type, resource_id, current.version + 1, self._clock(), True, None, "DELETE", 204)
-            try:
-                self._commit(principal, version, current.version, False, current.index_refs, x_provenance)
-                return version
-            except VersionConflict as conflict:
-                if if_match is not None:
-                    raise _stale(resource_type, resource_id, if_match, conflict.current_version) from None
-                _backoff(attempt)
-        raise Conflict(f"{resource_type}/{resource_id} is being changed by others; retry", headers={"Retry-After": "1"})
+            self._commit(principal, version, current.version, False, current.index_refs, x_provenance)
+            return version
+
+        return self._optimistic(resource_type, resource_id, if_match, attempt)
 
     # ---------- the one write path ----------
     def new_version(
