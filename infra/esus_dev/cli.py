@@ -96,6 +96,29 @@ def cmd_token(args: argparse.Namespace) -> None:
                      lifetime_seconds=args.lifetime))
 
 
+def cmd_verify(args: argparse.Namespace) -> None:
+    from esus.container import build_services
+    from esus.verify import verify_all
+
+    settings, endpoint = _target(args)
+    services = build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint))
+    report = verify_all(services, tenant=args.tenant)
+    print(f"Checked {report.resources} resources, {report.versions} versions, {report.provenances} Provenance "
+          f"and {report.index_items} index items.")
+    if report.ok:
+        print("OK: every invariant holds.")
+        return
+    print(f"{len(report.problems)} problem(s):")
+    print("\n".join(f"  {problem}" for problem in report.problems))
+    sys.exit(1)
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from esus_dev import importer
+
+    sys.exit(importer.main(args, dev_dir()))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="esus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,12 +139,34 @@ def main(argv: list[str] | None = None) -> None:
     for name, func, text in (
         ("rotate-key", cmd_rotate_key, "add a new PHI root-key version and make it current"),
         ("reencrypt", cmd_reencrypt, "re-encrypt items sealed under older root-key versions"),
+        ("verify", cmd_verify, "check the integrity invariants across all tables"),
     ):
         command = sub.add_parser(name, help=text)
+        if name == "verify":
+            command.add_argument("--tenant", default=None, help="only this tenant's items")
         command.add_argument("--deployed", action="store_true",
                              help="use ESUS_* environment settings and AWS credentials, not the local stack")
         command.add_argument("--endpoint", default=None, help="AWS endpoint URL (with --deployed)")
         command.set_defaults(func=func)
+
+    load = sub.add_parser("import", help="load FHIR Bundles / NDJSON into a local or deployed API (resumable)")
+    load.add_argument("paths", nargs="+", metavar="PATH",
+                      help="FHIR Bundle / resource .json files, .ndjson files, or folders of them")
+    load.add_argument("--base-url", default=None, help="FHIR base URL (default: the running local stack)")
+    load.add_argument("--token", default=None, help="bearer token (default: $ESUS_TOKEN; for the local "
+                      "stack a system/*.cruds dev token for --tenant is minted)")
+    load.add_argument("--tenant", default="acme", help="tenant of a minted local token (default: acme)")
+    load.add_argument("--concurrency", type=int, default=4, help="parallel requests (default: 4)")
+    load.add_argument("--retries", type=int, default=6,
+                      help="retries per request on 429/502/503/504 and connection errors (default: 6)")
+    load.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: 60)")
+    load.add_argument("--state-file", default=None,
+                      help="progress record for resuming (default: .esus/import-state.json)")
+    load.add_argument("--no-resume", dest="resume", action="store_false",
+                      help="send every entry, even those an earlier run finished")
+    load.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
+    load.add_argument("--json", action="store_true", help="print the summary as JSON")
+    load.set_defaults(func=cmd_import)
 
     args = parser.parse_args(argv)
     args.func(args)
