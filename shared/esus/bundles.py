@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from esus.api import http_date
+from esus.api import outcome
 from esus.fhir import now_instant
 from esus.model import Version
 from esus.params import last_value
@@ -77,14 +77,8 @@ def searchset_bundle(
     }
 
 
-def last_modified(resource: dict[str, Any]) -> str:
-    return http_date(resource["meta"]["lastUpdated"])
-
-
 def response_bundle(kind: str, results: list[Any], with_resources: bool) -> dict[str, Any]:
     """transaction-response / batch-response: per entry status, location, etag (or the OperationOutcome)."""
-    from esus.api import outcome
-
     entries = []
     for result in results:
         response: dict[str, Any] = {"status": STATUS_TEXT.get(result.status, str(result.status))}
