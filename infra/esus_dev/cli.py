@@ -91,6 +91,12 @@ def cmd_reencrypt(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_openapi(args: argparse.Namespace) -> None:
+    from esus.openapi import openapi_document
+
+    print(json.dumps(openapi_document(args.base_url), indent=2, sort_keys=True))
+
+
 def cmd_token(args: argparse.Namespace) -> None:
     print(mint_token(args.tenant, args.scope, args.fhir_user, subject=args.subject,
                      lifetime_seconds=args.lifetime))
@@ -127,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     run.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     run.set_defaults(func=cmd_run)
+
+    openapi = sub.add_parser("openapi", help="print the OpenAPI description (docs/openapi.json)")
+    openapi.add_argument("--base-url", default="https://api.esus.health/fhir")
+    openapi.set_defaults(func=cmd_openapi)
 
     token = sub.add_parser("token", help="print a JWT the local stack accepts")
     token.add_argument("--tenant", required=True)

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publis
 FUNCTIONS = sorted(k for k, v in load_raw_template()["Resources"].items() if v["Type"] == "AWS::Serverless::Function")
 # Everything else (create, update, patch, delete and the conditional ones) writes.
 READ_ONLY_FUNCTIONS = ("ReadFunction", "VreadFunction", "HistoryFunction", "TypeHistoryFunction",
-                       "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "AuthorizerFunction")
+                       "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "OpenApiFunction",
+                       "AuthorizerFunction")
 
 
 def test_every_resource_is_created_except_the_documented_types(moto_stack: MotoStack) -> None:
@@ -302,6 +303,9 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     deployed.authorizer_context = {**policy["context"], "principalId": policy["principalId"]}
 
     status, _, _ = deployed.request("MetadataFunction", "GET", "/fhir/metadata", "/fhir/metadata", None,
+                                    authorized=False)
+    assert status == 200
+    status, _, _ = deployed.request("OpenApiFunction", "GET", "/fhir/openapi.json", "/fhir/openapi.json", None,
                                     authorized=False)
     assert status == 200
 

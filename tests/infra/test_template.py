@@ -18,7 +18,8 @@ from tests.infra.conftest import TEMPLATE, of_type
 
 LINT_REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-2", "ca-central-1"]
 READ_ONLY_FUNCTIONS = ("ReadFunction", "VreadFunction", "HistoryFunction", "TypeHistoryFunction",
-                       "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "AuthorizerFunction")
+                       "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "OpenApiFunction",
+                       "AuthorizerFunction")
 WRITE_VERBS = ("Put", "Update", "Delete", "BatchWrite", "TransactWrite", "PartiQLInsert", "PartiQLUpdate",
                "PartiQLDelete", "Create", "Restore", "Import", "Tag", "Untag", "Rotate", "Cancel", "Encrypt",
                "GenerateDataKey", "ReEncrypt", "Schedule", "Replicate", "Stop", "Remove", "Validate", "Enable",
@@ -145,8 +146,11 @@ def test_local_stack_serves_exactly_the_deployed_routes(raw_template: dict[str, 
     model = TemplateModel(raw_template)
     local = {(r.function, r.method, r.path, r.authorized) for r in model.routes()}
     assert local == _translated_routes(translated)
-    assert ("MetadataFunction", "GET", "/fhir/metadata", False) in local
-    assert all(authorized for function, _, _, authorized in local if function != "MetadataFunction")
+    public = {("MetadataFunction", "GET", "/fhir/metadata", False),
+              ("OpenApiFunction", "GET", "/fhir/openapi.json", False)}
+    assert public <= local
+    assert all(authorized for function, _, _, authorized in local if (function, "GET") not in {
+        (f, m) for f, m, _, _ in public})
 
 
 def test_authorizer_and_invoke_permissions(raw_template: dict[str, Any], translated: dict[str, Any]) -> None:
