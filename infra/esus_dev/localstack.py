@@ -344,7 +344,10 @@ class LocalStack:
                 if self.command != "HEAD":
                     self.wfile.write(result.body)
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
+            def __getattr__(self, name: str) -> Any:
+                if name.startswith("do_"):  # every method reaches the gateway, which answers unknown ones
+                    return self._dispatch
+                raise AttributeError(name)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 if os.environ.get("ESUS_ACCESS_LOG"):
