@@ -32,6 +32,7 @@ test: lint typecheck
 
 bench: setup
 	$(BIN)/python -m esus_dev.bench
+	$(BIN)/python -m esus_dev.load
 
 clean:
 	rm -rf $(VENV) .esus .pytest_cache .mypy_cache .ruff_cache .aws-sam

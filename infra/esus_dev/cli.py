@@ -52,6 +52,10 @@ def _target(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.deployed or not state_path.exists():
         return Settings(), args.endpoint
     state = json.loads(state_path.read_text())
+    # The local stand-in accepts any credentials; a developer shell may have none configured.
+    for name, value in (("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ACCESS_KEY_ID", "local"),
+                        ("AWS_SECRET_ACCESS_KEY", "local")):
+        os.environ.setdefault(name, value)
     settings = Settings(
         resources_table=state["ResourcesTable"], history_table=state["HistoryTable"],
         provenance_table=state["ProvenanceTable"], index_table=state["IndexTable"],
