@@ -7,11 +7,14 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
+from esus.container import services
 from tests.handlers.conftest import InProcessStack
 
 PATIENT = {"resourceType": "Patient", "name": [{"family": "Atomic"}],
            "telecom": [{"system": "phone", "value": "555-123-4567"}]}
 TABLES = ("resources_table", "history_table", "provenance_table", "index_table")
+# Every fault test ends with the integrity checker over the whole store (fixture below).
+pytestmark = pytest.mark.usefixtures("consistent_after")
 
 
 def _error(code: str, operation: str = "TransactWriteItems", **extra: Any) -> ClientError:
@@ -150,3 +153,66 @@ def test_configured_public_base_url_is_used_for_absolute_urls(local: InProcessSt
     get_settings.cache_clear()
     derived = local.request("POST", "/Patient", PATIENT)
     assert derived.headers["Location"].startswith("https://fhir.test/fhir/Patient/")  # Host + stage-less path
+
+
+@pytest.fixture
+def consistent_after(local: InProcessStack):
+    """After the test's faults, the whole store must still satisfy every integrity invariant."""
+    yield local
+    from esus.verify import verify_all
+
+    for operation in list(local.ddb.faults):
+        del local.ddb.faults[operation]
+    report = verify_all(services())
+    assert report.ok, report.problems
+
+
+@pytest.mark.parametrize(("operation", "method", "path"), [
+    ("query", "GET", "/Patient?phone=555-123-4567"),
+    ("batch_get_item", "GET", "/Patient?phone=555-123-4567"),
+    ("query", "GET", "/Patient/{id}/_history"),
+    ("query", "GET", "/Patient/_history"),
+    ("batch_get_item", "GET", "/_history"),
+    ("transact_write_items", "POST", "/Patient"),
+    ("transact_write_items", "PUT", "/Patient/{id}"),
+    ("transact_write_items", "DELETE", "/Patient/{id}"),
+    ("get_item", "PATCH", "/Patient/{id}"),
+])
+@pytest.mark.parametrize("code", ["ThrottlingException", "InternalServerError"])
+def test_faults_at_every_call_site_leave_the_store_consistent(
+    consistent_after: InProcessStack, operation: str, method: str, path: str, code: str
+) -> None:
+    local = consistent_after
+    created = local.json(local.request("POST", "/Patient", PATIENT))
+    local.request("PUT", f"/Patient/{created['id']}", {**created, "active": True})
+
+    def fail(_: dict[str, Any]) -> None:
+        raise _error(code, operation)
+
+    local.ddb.faults[operation] = fail
+    body: Any = None
+    headers = None
+    if method in ("POST", "PUT"):
+        body = {**created, "gender": "other"}
+    if method == "PATCH":
+        body, headers = [{"op": "add", "path": "/gender", "value": "other"}], {
+            "Content-Type": "application/json-patch+json"}
+    result = local.request(method, path.format(id=created["id"]), body, headers=headers)
+    assert result.status == (429 if code == "ThrottlingException" else 503), (operation, result.body[:200])
+    assert result.headers["Retry-After"] and local.json(result)["resourceType"] == "OperationOutcome"
+
+
+def test_secrets_manager_outage_after_cold_start(consistent_after: InProcessStack,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    local = consistent_after
+    assert local.request("POST", "/Patient", PATIENT).status == 201  # root key fetched and cached
+    monkeypatch.setattr(services().keyring, "_max_age", -1)  # the cached root key is now due for a re-read
+
+    def secrets_down(_: dict[str, Any]) -> None:
+        raise ReadTimeoutError(endpoint_url="https://secretsmanager.local")
+
+    local.secrets.faults["get_secret_value"] = secrets_down
+    result = local.request("POST", "/Patient", PATIENT)
+    assert result.status == 503 and result.headers["Retry-After"]
+    del local.secrets.faults["get_secret_value"]
+    assert local.request("POST", "/Patient", PATIENT).status == 201
