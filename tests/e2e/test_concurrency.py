@@ -77,7 +77,7 @@ def test_updates_without_if_match_are_all_applied(stack: RunningStack) -> None:
     assert set(results) <= {200, 409}
     with stack.client(tenant) as client:
         assert client.get(f"/Organization/{oid}").json()["meta"]["versionId"] == str(1 + applied)
-    assert applied >= 6  # bounded retry resolves ordinary contention
+    assert applied >= len(results) // 2  # bounded retry resolves ordinary contention (409 only when exhausted)
 
 
 def test_local_aws_stand_in_is_atomic_across_threads(stack: RunningStack) -> None:
