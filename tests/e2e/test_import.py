@@ -20,7 +20,14 @@ import httpx
 import pytest
 
 from esus_dev.importer import Entry, FhirClient, RetryPolicy, build_plan, classify
-from tests.conftest import REPO, SYNTHEA, RunningStack, new_tenant
+from tests.conftest import REPO, SYNTHEA, RunningStack, new_tenant, start_stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """Its own stack: the whole Synthea corpus would slow the shared one for every later test."""
+    yield from start_stack(tmp_path_factory)
+
 
 pytestmark = pytest.mark.timeout(1200)  # the full corpus is ~3,600 writes on a single-process stack
 
