@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry, version_headers
-from esus.auth import DELETE, SEARCH
 from esus.container import services
 from esus.provenance import parse_x_provenance
 
@@ -13,8 +12,7 @@ app = create_app()
 @app.delete("/fhir/<resource_type>")
 def conditional_delete(resource_type: str) -> Response[str]:
     request = FhirRequest(app)
-    principal = request.authorize(resource_type, DELETE)
-    principal.require(resource_type, SEARCH)
+    principal = request.authorize(resource_type, "conditional-delete")
     x_provenance = parse_x_provenance(request.header("X-Provenance"))
     version = services().conditional.delete(principal, resource_type, request.query(), x_provenance)
     return fhir_response(204, None, version_headers(version) if version else {})

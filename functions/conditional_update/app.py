@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, lambda_entry, write_response
-from esus.auth import SEARCH, UPDATE
 from esus.container import services
 from esus.provenance import parse_x_provenance
 
@@ -13,8 +12,7 @@ app = create_app()
 @app.put("/fhir/<resource_type>")
 def conditional_update(resource_type: str) -> Response[str]:
     request = FhirRequest(app)
-    principal = request.authorize(resource_type, UPDATE)
-    principal.require(resource_type, SEARCH)
+    principal = request.authorize(resource_type, "conditional-update")
     if_match = request.if_match()
     body = request.json_body()
     x_provenance = parse_x_provenance(request.header("X-Provenance"))

@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, lambda_entry, provenance_version, write_response
-from esus.auth import CREATE, SEARCH
 from esus.container import services
 from esus.fhir import PROVENANCE
 from esus.provenance import parse_x_provenance
@@ -14,7 +13,7 @@ app = create_app()
 @app.post("/fhir/<resource_type>")
 def create(resource_type: str) -> Response[str]:
     request = FhirRequest(app)
-    principal = request.authorize(resource_type, CREATE)
+    principal = request.authorize(resource_type, "create")
     body = request.json_body()
     if resource_type == PROVENANCE:
         record = services().provenance.create(principal, body)
@@ -22,7 +21,7 @@ def create(resource_type: str) -> Response[str]:
     x_provenance = parse_x_provenance(request.header("X-Provenance"))
     if_none_exist = request.header("If-None-Exist")
     if if_none_exist is not None:
-        principal.require(resource_type, SEARCH)
+        principal.require_interaction(resource_type, "conditional-create")
         version, created = services().conditional.create(principal, resource_type, body, if_none_exist, x_provenance)
         return write_response(request, version, 201 if created else 200)
     version = services().resources.create(principal, resource_type, body, x_provenance)

@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry, version_headers
-from esus.auth import DELETE
 from esus.container import services
 from esus.provenance import parse_x_provenance
 
@@ -13,7 +12,7 @@ app = create_app()
 @app.delete("/fhir/<resource_type>/<resource_id>")
 def delete(resource_type: str, resource_id: str) -> Response[str]:
     request = FhirRequest(app)
-    principal = request.authorize(resource_type, DELETE)
+    principal = request.authorize(resource_type, "delete")
     if_match = request.if_match()
     x_provenance = parse_x_provenance(request.header("X-Provenance"))
     version = services().resources.delete(principal, resource_type, resource_id, if_match, x_provenance)

@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
-from esus.auth import READ
 from esus.bundles import history_bundle
 from esus.container import services
 
@@ -13,7 +12,7 @@ app = create_app()
 @app.get("/fhir/<resource_type>/<resource_id>/_history")
 def history(resource_type: str, resource_id: str) -> Response[str]:
     request = FhirRequest(app)
-    principal = request.authorize(resource_type, READ)
+    principal = request.authorize(resource_type, "history-instance")
     params = request.query()
     page = services().resources.history(resource_type, resource_id, principal.tenant, params)
     next_url = None

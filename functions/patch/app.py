@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, lambda_entry, write_response
-from esus.auth import UPDATE
 from esus.container import services
 from esus.provenance import parse_x_provenance
 
@@ -14,7 +13,7 @@ JSON_PATCH = ("application/json-patch+json",)
 @app.patch("/fhir/<resource_type>/<resource_id>")
 def patch(resource_type: str, resource_id: str) -> Response[str]:
     request = FhirRequest(app)
-    principal = request.authorize(resource_type, UPDATE)
+    principal = request.authorize(resource_type, "patch")
     if_match = request.if_match()
     operations = request.json_body(JSON_PATCH)
     x_provenance = parse_x_provenance(request.header("X-Provenance"))

@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
-from esus.auth import READ
 from esus.container import services
 from esus.fhir import PROVENANCE
 
@@ -12,7 +11,7 @@ app = create_app()
 
 @app.get("/fhir/<resource_type>/<resource_id>")
 def read(resource_type: str, resource_id: str) -> Response[str]:
-    principal = FhirRequest(app).authorize(resource_type, READ)
+    principal = FhirRequest(app).authorize(resource_type, "read")
     if resource_type == PROVENANCE:
         return resource_response(provenance_version(services().provenance.read(principal.tenant, resource_id)))
     return resource_response(services().resources.read(resource_type, resource_id, principal.tenant))

@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
-from esus.auth import SEARCH
 from esus.bundles import searchset_bundle
 from esus.container import services
 
@@ -14,7 +13,7 @@ app = create_app()
 @app.post("/fhir/<resource_type>/_search")
 def search(resource_type: str) -> Response[str]:
     request = FhirRequest(app)
-    principal = request.authorize(resource_type, SEARCH)
+    principal = request.authorize(resource_type, "search-type")
     params = request.search_params()
     page = services().search.search(principal, resource_type, params, request.lenient)
     shown = {k: v for k, v in params.items() if k not in page.ignored}

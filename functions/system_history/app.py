@@ -1,9 +1,9 @@
-"""GET /fhir/_history: every change in the tenant, newest first, paged (needs read on all types)."""
+"""GET /fhir/_history: every change in the tenant, newest first, paged (needs search on all types)."""
 
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
-from esus.auth import READ
+from esus.auth import ALL_TYPES
 from esus.bundles import history_bundle
 from esus.container import services
 
@@ -13,8 +13,7 @@ app = create_app()
 @app.get("/fhir/_history")
 def system_history() -> Response[str]:
     request = FhirRequest(app)
-    principal = request.principal
-    principal.require("*", READ)
+    principal = request.authorize(ALL_TYPES, "history-system")
     page = services().resources.changes(principal.tenant, None, request.query())
     next_url = request.url_with(_cursor=page.next_cursor) if page.next_cursor else None
     return fhir_response(200, history_bundle(request.base_url, request.url, page.versions, next_url))

@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
-from esus.auth import READ
 from esus.bundles import history_bundle
 from esus.container import services
 
@@ -13,7 +12,7 @@ app = create_app()
 @app.get("/fhir/<resource_type>/_history")
 def type_history(resource_type: str) -> Response[str]:
     request = FhirRequest(app)
-    principal = request.authorize(resource_type, READ)
+    principal = request.authorize(resource_type, "history-type")
     page = services().resources.changes(principal.tenant, resource_type, request.query())
     next_url = request.url_with(_cursor=page.next_cursor) if page.next_cursor else None
     return fhir_response(200, history_bundle(request.base_url, request.url, page.versions, next_url))

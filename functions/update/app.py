@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, lambda_entry, write_response
-from esus.auth import UPDATE
 from esus.container import services
 from esus.provenance import parse_x_provenance
 
@@ -13,7 +12,7 @@ app = create_app()
 @app.put("/fhir/<resource_type>/<resource_id>")
 def update(resource_type: str, resource_id: str) -> Response[str]:
     request = FhirRequest(app)
-    principal = request.authorize(resource_type, UPDATE)
+    principal = request.authorize(resource_type, "update")
     if_match = request.if_match()
     body = request.json_body()
     x_provenance = parse_x_provenance(request.header("X-Provenance"))

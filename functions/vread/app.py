@@ -3,7 +3,6 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
-from esus.auth import READ
 from esus.container import services
 from esus.fhir import PROVENANCE
 
@@ -12,7 +11,7 @@ app = create_app()
 
 @app.get("/fhir/<resource_type>/<resource_id>/_history/<vid>")
 def vread(resource_type: str, resource_id: str, vid: str) -> Response[str]:
-    principal = FhirRequest(app).authorize(resource_type, READ)
+    principal = FhirRequest(app).authorize(resource_type, "vread")
     if resource_type == PROVENANCE:
         record = services().provenance.vread(principal.tenant, resource_id, vid)
         return resource_response(provenance_version(record))

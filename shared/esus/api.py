@@ -19,7 +19,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 
-from esus.auth import Principal
+from esus.auth import ALL_TYPES, Principal
 from esus.errors import (
     FhirError,
     IntegrityFailure,
@@ -180,10 +180,12 @@ class FhirRequest:
         return Principal.from_authorizer_context((self._raw.get("requestContext") or {}).get("authorizer"))
 
     def authorize(self, resource_type: str, interaction: str) -> Principal:
-        """Unknown type -> 404; a token without the scope for this interaction -> 403."""
+        """Unknown type -> 404; a token without the scopes for this interaction (auth.INTERACTION_SCOPES)
+        -> 403."""
         principal = self.principal
-        require_type(resource_type)
-        principal.require(resource_type, interaction)
+        if resource_type != ALL_TYPES:
+            require_type(resource_type)
+        principal.require_interaction(resource_type, interaction)
         return principal
 
     @property

@@ -18,8 +18,35 @@ ALLOWED_ALGORITHMS = ("RS256", "ES256")
 SCOPE_PATTERN = re.compile(r"^(user|system|patient)/([A-Za-z]+|\*)\.(read|write|\*|c?r?u?d?s?)$")
 V1_MEANING = {"read": "rs", "write": "cud", "*": "cruds"}
 
-# Interaction -> SMART v2 letter.
+# SMART v2 letters.
 CREATE, READ, UPDATE, DELETE, SEARCH = "c", "r", "u", "d", "s"
+
+# What each FHIR interaction needs, after the SMART App Launch 2.0 scope table: `r` covers read, vread and
+# instance history; `s` covers search and type- and system-level history. An interaction needs ALL its
+# letters (from one scope or several). Beyond the SMART table, ESUS asks:
+# - patch: `r` too, because a patch reads what it changes (a `test` op is a yes/no oracle, the result the
+#   whole resource);
+# - conditional interactions: `s` too, because their outcome reveals what the search found;
+# - an update that creates (unknown id, or revival after delete) and a conditional update that creates:
+#   `c` too, checked when the server finds it would create.
+# System-level history spans every type, so only a wildcard (`*`) scope grants it.
+# The README's scope table is this table; tests/handlers/test_scope_matrix.py holds them equal.
+INTERACTION_SCOPES: dict[str, str] = {
+    "create": CREATE,
+    "conditional-create": CREATE + SEARCH,
+    "read": READ,
+    "vread": READ,
+    "history-instance": READ,
+    "update": UPDATE,
+    "patch": READ + UPDATE,
+    "delete": DELETE,
+    "conditional-update": UPDATE + SEARCH,
+    "conditional-delete": DELETE + SEARCH,
+    "search-type": SEARCH,
+    "history-type": SEARCH,
+    "history-system": SEARCH,
+}
+ALL_TYPES = "*"
 
 
 @dataclass(frozen=True)
@@ -43,11 +70,22 @@ class Principal:
     def is_system(self) -> bool:
         return any(context == "system" for context, _, _ in self._grants)
 
-    def require(self, resource_type: str, interaction: str) -> None:
-        for context, granted_type, letters in self._grants:
-            if context != "patient" and granted_type in ("*", resource_type) and interaction in letters:
-                return
-        raise Forbidden(f"The token's scopes do not allow this interaction on {resource_type}")
+    def granted(self, resource_type: str) -> frozenset[str]:
+        """The SMART v2 letters this token grants on `resource_type` (the union of its scopes). Only a
+        wildcard scope grants on ALL_TYPES."""
+        letters: set[str] = set()
+        for context, granted_type, access in self._grants:
+            if context != "patient" and granted_type in (ALL_TYPES, resource_type):
+                letters.update(access)
+        return frozenset(letters)
+
+    def require(self, resource_type: str, letters: str) -> None:
+        """Every letter of `letters` must be granted on the type, else 403."""
+        if not set(letters) <= self.granted(resource_type):
+            raise Forbidden(f"The token's scopes do not allow this interaction on {resource_type}")
+
+    def require_interaction(self, resource_type: str, interaction: str) -> None:
+        self.require(resource_type, INTERACTION_SCOPES[interaction])
 
     @property
     def agent_reference(self) -> dict[str, Any]:

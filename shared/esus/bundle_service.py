@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from esus.auth import CREATE, DELETE, UPDATE, Principal
+from esus.auth import CREATE, Principal
 from esus.conditional import ConditionalService
 from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PayloadTooLarge, PreconditionFailed
 from esus.fhir import RESOURCE_TYPES, now_instant, require_id
@@ -19,7 +19,7 @@ from esus.service import ResourceService, same_content
 from esus.store import Store, TransientConflict, VersionConflict
 
 TRANSACTION_ITEM_LIMIT = 100  # DynamoDB TransactWriteItems
-METHOD_INTERACTION = {"POST": CREATE, "PUT": UPDATE, "DELETE": DELETE}
+METHOD_INTERACTION = {"POST": "create", "PUT": "update", "DELETE": "delete"}
 URN_UUID = re.compile(r"^urn:uuid:[0-9a-fA-F-]{36}$")
 
 
@@ -53,7 +53,7 @@ class BundleService:
     def _batch_entry(self, principal: Principal, entry: Any, x_provenance: dict[str, Any] | None) -> EntryResult:
         try:
             method, resource_type, resource_id, resource, request = _parse_entry(entry)
-            principal.require(resource_type, METHOD_INTERACTION[method])
+            principal.require_interaction(resource_type, _interaction(method, request))
             if_match = _if_match(request)
             if method == "POST":
                 if request.get("ifNoneExist"):
@@ -82,8 +82,9 @@ class BundleService:
         results: list[EntryResult] = []
         items: list[dict[str, Any]] = []
         touched: set[str] = set()
+        for method, resource_type, _, _, request in parsed:  # every scope is checked before any read
+            principal.require_interaction(resource_type, _interaction(method, request))
         for index, (method, resource_type, _, resource, request) in enumerate(parsed):
-            principal.require(resource_type, METHOD_INTERACTION[method])
             if resource is not None:
                 resource = _resolve_references(resource, assigned)
             target_id = ids[index]
@@ -122,6 +123,8 @@ class BundleService:
             if matches.existing is not None:
                 return EntryResult(200, matches.existing), []
             guard = matches.guard
+        if method == "PUT" and (current is None or current.deleted):
+            principal.require(resource_type, CREATE)  # this update creates the resource
         if method == "DELETE":
             if current is None or current.deleted:
                 return EntryResult(204), []
@@ -157,6 +160,13 @@ class BundleService:
                 raise Conflict("A resource in the transaction was changed concurrently; nothing was stored") from None
         raise Conflict("The transaction kept conflicting with concurrent writes; nothing was stored",
                        headers={"Retry-After": "1"})
+
+
+def _interaction(method: str, request: dict[str, Any]) -> str:
+    """The stand-alone interaction an entry performs: it needs exactly that interaction's scopes."""
+    if method == "POST":
+        return "conditional-create" if request.get("ifNoneExist") else "create"
+    return METHOD_INTERACTION[method]
 
 
 def _parse_entry(entry: Any) -> tuple[str, str, str | None, Any, dict[str, Any]]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from esus.auth import Principal
+from esus.auth import CREATE, Principal
 from esus.crypto import BlindIndex
 from esus.errors import Conflict, InvalidRequest, PreconditionFailed
 from esus.model import Version
@@ -84,8 +84,10 @@ class ConditionalService:
                                           x_provenance)
         if if_match is not None:
             raise PreconditionFailed("If-Match was given but no resource matches the search")
-        if "id" in body:
-            return self._resources.update(principal, resource_type, str(body["id"]), body, None, x_provenance)
+        if "id" in body:  # R5 http.html: an id that exists but did not match -> 409, never updated
+            version = self._resources.create_with_id(principal, resource_type, str(body["id"]), body, x_provenance)
+            return WriteOutcome(version, created=True)
+        principal.require(resource_type, CREATE)
         return WriteOutcome(self._resources.create(principal, resource_type, body, x_provenance), created=True)
 
     def delete(

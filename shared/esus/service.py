@@ -14,7 +14,7 @@ import jsonpatch
 import jsonpointer
 
 from esus import provenance as prov
-from esus.auth import Principal
+from esus.auth import CREATE, Principal
 from esus.crypto import BlindIndex, CursorSigner
 from esus.errors import (
     Conflict,
@@ -162,6 +162,24 @@ class ResourceService:
 
         return self._optimistic(resource_type, resource_id, if_match, attempt)
 
+    def create_with_id(
+        self, principal: Principal, resource_type: str, resource_id: str, body: Any,
+        x_provenance: dict[str, Any] | None,
+    ) -> Version:
+        """Create under a client-chosen id that must be new (a conditional update that matched nothing)."""
+        _check_generic(resource_type)
+        require_id(resource_id)
+        principal.require(resource_type, CREATE)
+        version = self.new_version(resource_type, resource_id, 1, body, "PUT", 201)
+        try:
+            self._commit(principal, version, None, None, (), x_provenance)
+        except VersionConflict:
+            raise Conflict(
+                f"{resource_type}/{resource_id} already exists but does not match the search; a conditional "
+                "update that matches nothing may not take over an existing id"
+            ) from None
+        return version
+
     def patch(
         self, principal: Principal, resource_type: str, resource_id: str, operations: Any, if_match: int | None,
         x_provenance: dict[str, Any] | None,
@@ -208,6 +226,7 @@ class ResourceService:
             return WriteOutcome(version, created=False)
         except VersionConflict as conflict:
             if conflict.current_version == if_match and conflict.current_deleted:
+                principal.require(resource_type, CREATE)  # a revival creates the resource anew
                 revived = replace(version, status=201)
                 try:
                     self._commit(principal, revived, if_match, True, (), x_provenance)
@@ -221,11 +240,14 @@ class ResourceService:
         x_provenance: dict[str, Any] | None,
     ) -> WriteOutcome:
         if current is None:  # update-as-create (the client chose the id)
+            principal.require(resource_type, CREATE)
             version = self.new_version(resource_type, resource_id, 1, body, "PUT", 201)
             self._commit(principal, version, None, None, (), x_provenance)
             return WriteOutcome(version, created=True)
         if not current.deleted and current.resource is not None and same_content(current.resource, body):
             return WriteOutcome(current, created=False)  # identical content: no new version, nothing written
+        if current.deleted:  # a revival creates the resource anew
+            principal.require(resource_type, CREATE)
         status = 201 if current.deleted else 200
         version = self.new_version(resource_type, resource_id, current.version + 1, body, "PUT", status)
         self._commit(principal, version, current.version, current.deleted, current.index_refs, x_provenance)

@@ -111,6 +111,28 @@ def test_conditional_update_and_delete(stack: RunningStack) -> None:
         assert client.put("/Observation", params={"code": "x"}, json={"resourceType": "Observation"}).status_code == 400
 
 
+def test_conditional_update_matching_nothing_never_takes_over_an_existing_id(stack: RunningStack) -> None:
+    """R5 http.html: no match and the body's id exists -> 409; the existing resource is untouched.
+    No match and a new id -> created under that id."""
+    with stack.client(new_tenant()) as client:
+        victim = client.post("/Patient", json={"resourceType": "Patient", "active": True}).json()
+        taken = client.put("/Patient", params={"identifier": "urn:mrn|NOBODY"},
+                           json={"resourceType": "Patient", "id": victim["id"], "active": False})
+        assert taken.status_code == 409, taken.text
+        assert taken.json()["resourceType"] == "OperationOutcome"
+        after = client.get(f"/Patient/{victim['id']}").json()
+        assert after["meta"]["versionId"] == "1" and after["active"] is True
+        client.delete(f"/Patient/{victim['id']}")
+        assert client.put("/Patient", params={"identifier": "urn:mrn|NOBODY"},
+                          json={"resourceType": "Patient", "id": victim["id"]}).status_code == 409
+        assert client.get(f"/Patient/{victim['id']}").status_code == 410
+        fresh = "cond-new-1"
+        created = client.put("/Patient", params={"identifier": "urn:mrn|NOBODY"},
+                             json={"resourceType": "Patient", "id": fresh})
+        assert created.status_code == 201 and created.json()["id"] == fresh
+        assert created.headers["Location"].endswith(f"/Patient/{fresh}/_history/1")
+
+
 def test_type_and_system_history(stack: RunningStack) -> None:
     with stack.client(new_tenant()) as client:
         p1 = _patient(client)["id"]
