@@ -7,7 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from esus.auth import TokenVerifier, authorizer_context
+from esus.auth import KeysUnavailable, TokenVerifier, authorizer_context
 from esus.errors import Unauthorized
 from esus.settings import get_settings
 
@@ -29,6 +29,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except Unauthorized:
         logger.info("token rejected")  # never log the token itself
         raise Exception("Unauthorized") from None  # noqa: B904 - API Gateway's contract for a 401
+    except KeysUnavailable as exc:
+        # Any other failure is API Gateway's AUTHORIZER_FAILURE (500): an outage must not look like a bad token.
+        logger.error("signing keys unavailable", extra={"reason": str(exc)})
+        raise RuntimeError("signing keys unavailable") from None
     # Allow every route of this API: the cached policy must not depend on the first method called.
     arn = str(event.get("methodArn", ""))
     api_arn = "/".join(arn.split("/")[:2]) + "/*" if arn else "*"

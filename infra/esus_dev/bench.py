@@ -221,7 +221,9 @@ INTERACTIONS: tuple[Interaction, ...] = (
     Interaction("history page (3 versions)", "HistoryFunction", 1),
     Interaction("search Patient by phone", "SearchFunction", design=(
         "one keys-only Query per blind token (per live root-key version) + one BatchGetItem for the page")),
-    Interaction("create Provenance", "CreateFunction", design="one TransactWriteItems (record + its index items)"),
+    Interaction("create Provenance", "CreateFunction", design=(
+        "one BatchGetItem per target type (the targets must exist) + one TransactWriteItems (record + its index "
+        "items)")),
     Interaction("search Provenance by target", "SearchFunction", design=(
         "one keys-only Query per reference value + one BatchGetItem for the page")),
     Interaction("delete Patient", "DeleteFunction", 2, at_most=True),

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -35,6 +36,16 @@ from esus_dev.template import Route, TemplateModel, load_template, resolve
 
 MAX_API_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own limit
 LOCAL_REGION = "us-east-1"
+# API Gateway's status and $context.error.message per gateway response type (when the template sets none).
+GATEWAY_DEFAULT_STATUS = {
+    "UNAUTHORIZED": 401, "ACCESS_DENIED": 403, "MISSING_AUTHENTICATION_TOKEN": 403, "REQUEST_TOO_LARGE": 413,
+    "AUTHORIZER_FAILURE": 500, "AUTHORIZER_CONFIGURATION_ERROR": 500, "DEFAULT_4XX": 400, "DEFAULT_5XX": 500,
+}
+GATEWAY_MESSAGES = {
+    "UNAUTHORIZED": "Unauthorized", "ACCESS_DENIED": "User is not authorized to access this resource",
+    "MISSING_AUTHENTICATION_TOKEN": "Missing Authentication Token", "REQUEST_TOO_LARGE": "Request Too Long",
+}
+CONTEXT_VARIABLE = re.compile(r"\$context\.([A-Za-z0-9_.]*[A-Za-z0-9_])|\$\{context\.([A-Za-z0-9_.]+)\}")
 
 
 def _locked(app: Callable[..., Iterable[bytes]], lock: threading.Lock) -> Callable[..., Iterable[bytes]]:
@@ -260,36 +271,51 @@ class LocalStack:
                 return route, found.groupdict()
         return None, {}
 
-    def gateway_error(self, kind: str, status: int | None = None) -> GatewayResult:
-        response = self.template.gateway_responses().get(kind) or self.template.gateway_responses()["DEFAULT_4XX"]
-        headers = {k: v.strip("'") for k, v in response.get("ResponseParameters", {}).get("Headers", {}).items()}
-        body = response.get("ResponseTemplates", {}).get("application/json", "")
-        return GatewayResult(int(response.get("StatusCode") or status or 400), headers, body.encode())
+    def gateway_error(self, kind: str, status: int | None = None, request_id: str | None = None) -> GatewayResult:
+        """A gateway response as API Gateway renders it: the template's own response for `kind`, else
+        DEFAULT_4XX/5XX by the kind's status, with `$context` variables filled in."""
+        responses = self.template.gateway_responses()
+        status = status or GATEWAY_DEFAULT_STATUS.get(kind, 500 if kind.endswith("5XX") else 400)
+        response = responses.get(kind) or responses.get("DEFAULT_5XX" if status >= 500 else "DEFAULT_4XX") or {}
+        status = int(response.get("StatusCode") or status)
+        request_id = request_id or str(uuid.uuid4())
+        variables = {
+            "requestId": request_id, "extendedRequestId": request_id, "stage": "local",
+            "error.responseType": kind,
+            "error.message": GATEWAY_MESSAGES.get(kind, "Internal server error" if status >= 500 else "Bad request"),
+        }
+        variables["error.messageString"] = json.dumps(variables["error.message"])
+        headers = {k: _render(v.strip("'"), variables)
+                   for k, v in response.get("ResponseParameters", {}).get("Headers", {}).items()}
+        headers.setdefault("x-amzn-RequestId", request_id)
+        body = _render(response.get("ResponseTemplates", {}).get("application/json", ""), variables)
+        return GatewayResult(status, headers, body.encode())
 
     def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes, host: str) -> GatewayResult:
         url = urlsplit(raw_path)
+        request_id = str(uuid.uuid4())
         route, path_params = self.match(method, url.path)
         if route is None:  # API Gateway answers an unknown path or method with MISSING_AUTHENTICATION_TOKEN
-            return self.gateway_error("MISSING_AUTHENTICATION_TOKEN")
+            return self.gateway_error("MISSING_AUTHENTICATION_TOKEN", request_id=request_id)
         if len(body) > MAX_API_PAYLOAD:
-            return self.gateway_error("REQUEST_TOO_LARGE")
+            return self.gateway_error("REQUEST_TOO_LARGE", request_id=request_id)
         authorizer_context: dict[str, Any] = {}
         if route.authorized:
             token = _header(headers, "Authorization")
             if not token:
-                return self.gateway_error("UNAUTHORIZED")
+                return self.gateway_error("UNAUTHORIZED", request_id=request_id)
             method_arn = f"arn:aws:execute-api:{LOCAL_REGION}:000000000000:local/local/{method}{url.path}"
             try:
                 policy = self.invoke(self._authorizer, {
                     "type": "TOKEN", "authorizationToken": token, "methodArn": method_arn})
-            except Exception as exc:  # the authorizer's "Unauthorized" contract
-                return self.gateway_error("UNAUTHORIZED" if str(exc) == "Unauthorized" else "DEFAULT_5XX")
+            except Exception as exc:  # "Unauthorized" is the 401 contract; any other error is a failure (500)
+                kind = "UNAUTHORIZED" if str(exc) == "Unauthorized" else "AUTHORIZER_FAILURE"
+                return self.gateway_error(kind, request_id=request_id)
             statements = policy.get("policyDocument", {}).get("Statement", [])
             if not any(s.get("Effect") == "Allow" for s in statements):
-                return self.gateway_error("ACCESS_DENIED")
+                return self.gateway_error("ACCESS_DENIED", request_id=request_id)
             authorizer_context = {**policy.get("context", {}), "principalId": policy.get("principalId")}
         multi_query = {k: v for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        request_id = str(uuid.uuid4())
         event = {
             "resource": route.path,
             "path": url.path,
@@ -311,7 +337,7 @@ class LocalStack:
         try:
             response = self.invoke(route.function, event)
         except Exception:  # a crashed Lambda: API Gateway answers 502 with its own body
-            return self.gateway_error("DEFAULT_5XX", 502)
+            return self.gateway_error("DEFAULT_5XX", 502, request_id)
         out_headers = dict(response.get("headers") or {})
         for key, values in (response.get("multiValueHeaders") or {}).items():
             out_headers[key] = ", ".join(values)
@@ -357,6 +383,11 @@ class LocalStack:
         server = ThreadingHTTPServer((host, port), Handler)
         server.daemon_threads = True
         return server
+
+
+def _render(template: str, variables: dict[str, str]) -> str:
+    """`$context.x` / `${context.x}` as API Gateway fills them; unknown variables render empty, as there."""
+    return CONTEXT_VARIABLE.sub(lambda m: variables.get(m.group(1) or m.group(2), ""), template)
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:

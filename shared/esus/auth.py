@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from esus.errors import Forbidden, Unauthorized
-from esus.settings import Settings
+from esus.settings import Settings, get_settings
 
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALLOWED_ALGORITHMS = ("RS256", "ES256")
@@ -91,17 +98,27 @@ class Principal:
     def agent_reference(self) -> dict[str, Any]:
         """Provenance.agent.who: the token's fhirUser, else the system client as a Device."""
         if self.fhir_user:
-            return {"reference": self.fhir_user, "type": self.fhir_user.split("/", 1)[0]}
+            resource_type = reference_resource_type(self.fhir_user)
+            return {"reference": self.fhir_user, **({"type": resource_type} if resource_type else {})}
         return {"type": "Device", "identifier": {"system": "urn:esus:client", "value": self.subject},
                 "display": f"system client {self.subject}"}
 
     @classmethod
-    def from_authorizer_context(cls, context: dict[str, Any] | None) -> Principal:
-        """Built from what the Lambda authorizer handed API Gateway (strings only)."""
+    def from_authorizer_context(
+        cls, context: dict[str, Any] | None, now: float | None = None, leeway_seconds: int | None = None,
+    ) -> Principal:
+        """Built from what the Lambda authorizer handed API Gateway (strings only). API Gateway reuses an
+        authorizer's answer for ReauthorizeEvery seconds, so the token's expiry is checked again here."""
         context = context or {}
         tenant = str(context.get("tenant") or "")
         if not TENANT_PATTERN.match(tenant):
             raise Unauthorized("The request carries no verified tenant")
+        exp = str(context.get("exp") or "")
+        leeway = get_settings().jwt_leeway_seconds if leeway_seconds is None else leeway_seconds
+        if not exp.isascii() or not exp.isdigit() or len(exp) > 12:
+            raise Unauthorized("The request carries no verified token expiry")
+        if int(exp) + leeway < (time.time() if now is None else now):
+            raise Unauthorized("The bearer token has expired")
         return cls(
             tenant=tenant,
             scopes=tuple(str(context.get("scope") or "").split()),
@@ -110,17 +127,120 @@ class Principal:
         )
 
 
+class KeysUnavailable(Exception):
+    """No fresh key set: the JWKS could not be fetched (an outage, not a bad token)."""
+
+
+# Key family per allowed algorithm: a key of the other family is never tried (it would raise TypeError).
+def _fits(alg: str, key: Any) -> bool:
+    if alg == "RS256":
+        return isinstance(key, rsa.RSAPublicKey)
+    return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+
+
+MAX_JWKS_BYTES = 262_144
+JWKS_TIMEOUT_SECONDS = 3.0
+
+
+def fetch_jwks(url: str) -> Any:
+    """GET the JWKS document (bounded size and time); any failure raises KeysUnavailable."""
+    if urlsplit(url).scheme not in ("https", "http"):
+        raise KeysUnavailable("the JWKS URL must be http(s)")
+    headers = {"Accept": "application/json", "User-Agent": "esus-authorizer"}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 (scheme checked above)
+    try:
+        with urllib.request.urlopen(request, timeout=JWKS_TIMEOUT_SECONDS) as response:  # noqa: S310
+            raw = response.read(MAX_JWKS_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        raise KeysUnavailable(f"JWKS fetch failed: {type(exc).__name__}") from None
+    if len(raw) > MAX_JWKS_BYTES:
+        raise KeysUnavailable("JWKS document too large")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise KeysUnavailable("JWKS document is not JSON") from None
+
+
+@dataclass(frozen=True)
+class _Jwk:
+    kid: str | None
+    alg: str | None  # the JWK's own `alg`, when it declares one
+    key: Any
+
+
+class JwksKeys:
+    """The IdP's signing keys, trusted for `max_age` seconds after each successful fetch (so a removed key
+    stops working within that time). An unknown `kid` triggers a refetch, and every fetch, whatever its
+    cause, is at most one per `refetch_interval` seconds."""
+
+    def __init__(
+        self, url: str, max_age: float, refetch_interval: float,
+        fetch: Callable[[str], Any] = fetch_jwks, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url, self._max_age, self._interval = url, max_age, refetch_interval
+        self._fetch, self._clock = fetch, clock
+        self._keys: list[_Jwk] = []
+        self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self._lock = threading.Lock()
+
+    def candidates(self, kid: str | None, alg: str) -> list[Any]:
+        with self._lock:
+            now = self._clock()
+            if not self._fresh(now) or (kid is not None and not any(k.kid == kid for k in self._keys)):
+                self._refresh(now)
+            if not self._fresh(now):
+                raise KeysUnavailable("no JWKS fetched within the cache lifetime")
+            return [k.key for k in self._keys
+                    if (kid is None or k.kid == kid) and k.alg in (None, alg) and _fits(alg, k.key)]
+
+    def _fresh(self, now: float) -> bool:
+        return self._fetched_at is not None and now - self._fetched_at < self._max_age
+
+    def _refresh(self, now: float) -> None:
+        if self._attempted_at is not None and now - self._attempted_at < self._interval:
+            return  # rate limit: keep what we have (or stay unavailable) until the interval has passed
+        self._attempted_at = now
+        try:
+            document = self._fetch(self._url)
+        except KeysUnavailable:
+            return
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            return
+        self._keys = [k for k in (_parse_jwk(jwk) for jwk in document["keys"]) if k is not None]
+        self._fetched_at = now
+
+
+def _parse_jwk(jwk: Any) -> _Jwk | None:
+    """A usable public signing key, or None (encryption keys and unsupported key types are skipped)."""
+    if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
+        return None
+    kid, alg = jwk.get("kid"), jwk.get("alg")
+    if not isinstance(kid, str | None) or not isinstance(alg, str | None):
+        return None
+    try:
+        key = jwt.PyJWK(jwk).key
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        return None
+    return _Jwk(kid, alg, key)
+
+
 class TokenVerifier:
     """Verifies RS256/ES256 JWTs against a JWKS URL or configured PEM public keys."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, fetch: Callable[[str], Any] = fetch_jwks,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._s = settings
-        self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=3600) if settings.jwks_url else None
+        self._jwks = JwksKeys(settings.jwks_url, settings.jwks_cache_seconds, settings.jwks_refetch_interval_seconds,
+                              fetch, clock) if settings.jwks_url else None
         self._pems = _split_pems(settings.jwt_public_keys_pem or "")
         if not self._jwks and not self._pems:
             raise RuntimeError("Configure ESUS_JWKS_URL or ESUS_JWT_PUBLIC_KEYS_PEM")
 
     def verify(self, token: str) -> dict[str, Any]:
+        """Claims of a valid token; Unauthorized otherwise; KeysUnavailable when the JWKS cannot be had."""
         invalid = Unauthorized("The bearer token is missing, malformed, expired or not trusted")
         if not token or len(token) > self._s.jwt_max_token_bytes:
             raise invalid
@@ -128,34 +248,31 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise invalid from None
-        alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in ALLOWED_ALGORITHMS or not isinstance(kid, str | None):
             raise invalid
         claims: dict[str, Any] | None = None
-        for key in self._candidate_keys(token):
+        for key in self._candidate_keys(str(alg), kid):
             try:
                 claims = jwt.decode(
                     token, key, algorithms=[alg], audience=self._s.jwt_audience, issuer=self._s.jwt_issuer,
                     leeway=self._s.jwt_leeway_seconds, options={"require": ["exp", "iss", "aud"]},
                 )
                 break
-            except jwt.InvalidSignatureError:
-                continue
+            except (jwt.InvalidSignatureError, jwt.InvalidKeyError, TypeError, ValueError):
+                continue  # not this key: try the next one of the family
             except jwt.PyJWTError:
-                raise invalid from None
+                raise invalid from None  # the signature verified; a claim is wrong
         if claims is None:
             raise invalid
         if not TENANT_PATTERN.match(str(claims.get("tenant") or "")) or not isinstance(claims.get("scope"), str):
             raise invalid
         return claims
 
-    def _candidate_keys(self, token: str) -> list[Any]:
+    def _candidate_keys(self, alg: str, kid: str | None) -> list[Any]:
         if self._jwks is not None:
-            try:
-                return [self._jwks.get_signing_key_from_jwt(token).key]
-            except jwt.PyJWKClientError:
-                return []
-        return self._pems
+            return self._jwks.candidates(kid, alg)
+        return [key for key in self._pems if _fits(alg, key)]
 
 
 def _split_pems(text: str) -> list[Any]:
@@ -171,4 +288,30 @@ def authorizer_context(claims: dict[str, Any]) -> dict[str, str]:
         "scope": str(claims.get("scope", "")),
         "fhirUser": str(claims.get("fhirUser") or ""),
         "sub": str(claims.get("sub") or ""),
+        "exp": str(int(claims["exp"])),  # routes refuse the request once it passes (policy caching)
     }
+
+
+REFERENCE_TAIL = re.compile(r"(?:^|/)([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/[0-9]{1,18})?/?$")
+
+
+def reference_resource_type(reference: str) -> str | None:
+    """The resource type of a relative (`Practitioner/1`) or absolute (`https://idp/fhir/Practitioner/1`)
+    reference, when it names a FHIR resource type; None otherwise."""
+    path = urlsplit(reference.strip()).path if "://" in reference else reference.strip()
+    match = REFERENCE_TAIL.search(path)
+    return match.group(1) if match and _is_resource_type(match.group(1)) else None
+
+
+@lru_cache(maxsize=256)
+def _is_resource_type(name: str) -> bool:
+    # Imported here: the authorizer never needs the FHIR models (cold start).
+    from fhir.resources.R4B import get_fhir_model_class
+    from fhir.resources.R4B.resource import Resource
+
+    if name in ("Resource", "DomainResource"):
+        return False
+    try:
+        return issubclass(get_fhir_model_class(name), Resource)
+    except (ValueError, ImportError, AttributeError):
+        return False

@@ -61,7 +61,7 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
         keyring=keyring,
         store=store,
         resources=resources,
-        provenance=ProvenanceService(store),
+        provenance=ProvenanceService(store, settings),
         search=search,
         conditional=conditional,
         bundles=BundleService(store, resources, conditional),

@@ -1,5 +1,10 @@
 """Provenance: the server-authored chain-of-custody record of every write, client X-Provenance
-headers, US Core 3.1.1 rules, and the index entries that make Provenance searchable."""
+headers, US Core 3.1.1 rules, and the index entries that make Provenance searchable.
+
+What a client sends (X-Provenance, POST /Provenance) is a claim: it is kept, but the server always adds
+its own facts, so no record can hide who really wrote it or when: `recorded` is the server's time (a
+client's own `recorded` moves to `occurredDateTime`), and an `enterer` agent for the token's identity
+is appended. Clients may not claim the `enterer` role themselves: every enterer is server-attested."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from esus.auth import Principal
+from esus.auth import Principal, reference_resource_type
 from esus.errors import InvalidRequest, Issue
 from esus.fhir import PROVENANCE, validate_resource
 from esus.model import IndexEntry, Version
@@ -19,6 +24,8 @@ DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 ACTIVITY_BY_METHOD = {"POST": "CREATE", "PUT": "UPDATE", "DELETE": "DELETE"}
 MAX_HEADER_BYTES = 16_384
+ENTERER = {"system": PARTICIPANT_TYPE, "code": "enterer", "display": "Enterer"}
+OCCURRED = ("occurredDateTime", "occurredPeriod")
 
 
 def server_provenance(settings: Settings, principal: Principal, version: Version, activity: str) -> dict[str, Any]:
@@ -39,6 +46,55 @@ def server_provenance(settings: Settings, principal: Principal, version: Version
     }
 
 
+def caller_agent(settings: Settings, principal: Principal) -> dict[str, Any]:
+    """The authenticated caller, as the server attests it (appended to every client-sent Provenance)."""
+    return {"type": {"coding": [dict(ENTERER)]}, "who": principal.agent_reference,
+            "onBehalfOf": tenant_organization(settings, principal)}
+
+
+def attributed(client: dict[str, Any], settings: Settings, principal: Principal, recorded: str) -> dict[str, Any]:
+    """A client's Provenance as stored: its claims kept, `recorded` the server's time (the client's own
+    `recorded` kept as `occurredDateTime` unless it set occurred[x]) and the caller appended as enterer."""
+    record = {k: v for k, v in client.items() if k not in ("id", "meta", "recorded")}
+    claimed = client.get("recorded")
+    if claimed is not None and not any(k in client for k in OCCURRED):
+        record["occurredDateTime"] = claimed
+    record["recorded"] = recorded
+    record["agent"] = [*client["agent"], caller_agent(settings, principal)]
+    return record
+
+
+def check_client_claims(provenance: dict[str, Any]) -> None:
+    """Before attribution: the client names at least one agent of its own, and none as `enterer`."""
+    agents = provenance.get("agent")
+    if not isinstance(agents, list) or not agents:
+        raise InvalidRequest("The Provenance does not meet US Core 3.1.1 (Provenance.agent is required (1..*))",
+                             [Issue("required", "Provenance.agent is required (1..*)", "Provenance.agent")])
+    issues = [
+        Issue("invalid", "the enterer agent is recorded by the server (the authenticated caller); "
+                         "clients cannot claim it", f"Provenance.agent[{i}].type")
+        for i, agent in enumerate(agents) if _claims_enterer(agent)
+    ]
+    if issues:
+        raise InvalidRequest("Provenance.agent must not claim the enterer role: the server records the "
+                             "authenticated caller as enterer", issues)
+    claimed = provenance.get("recorded")
+    if claimed is not None:
+        if not isinstance(claimed, str):
+            raise InvalidRequest("Provenance.recorded must be a FHIR instant",
+                                 [Issue("invalid", "not an instant", "Provenance.recorded")])
+        recorded_key(claimed)  # a client's claimed time must still be an instant with a time zone
+
+
+def _claims_enterer(agent: Any) -> bool:
+    kind = agent.get("type") if isinstance(agent, dict) else None
+    codings = kind.get("coding") if isinstance(kind, dict) else None
+    return any(
+        isinstance(c, dict) and c.get("code") == "enterer" and c.get("system") in (None, PARTICIPANT_TYPE)
+        for c in (codings if isinstance(codings, list) else [])
+    )
+
+
 def target_of(version: Version) -> dict[str, Any]:
     return {"reference": version.versioned_reference, "type": version.resource_type}
 
@@ -48,7 +104,7 @@ def tenant_organization(settings: Settings, principal: Principal) -> dict[str, A
 
 
 def parse_x_provenance(header: str | None) -> dict[str, Any] | None:
-    """X-Provenance: a Provenance without target; the server fills target (and recorded if absent)."""
+    """X-Provenance: a Provenance without target; the server fills target and recorded and adds the caller."""
     if header is None:
         return None
     if len(header.encode()) > MAX_HEADER_BYTES:
@@ -65,15 +121,17 @@ def parse_x_provenance(header: str | None) -> dict[str, Any] | None:
             [Issue("invalid", "target is set by the server", "Provenance.target")],
         )
     # Checked now, before any read or write (the target is only known later).
+    check_client_claims(body)
     finalize({**body, "target": [{"reference": "Basic/x-provenance-check"}],
               "recorded": body.get("recorded") or "1970-01-01T00:00:00Z"}, "x-provenance-check", "1970-01-01T00:00:00Z")
     return body
 
 
-def client_provenance(template: dict[str, Any], version: Version) -> dict[str, Any]:
-    provenance = {k: v for k, v in template.items() if k not in ("id", "meta")}
+def client_provenance(
+    template: dict[str, Any], version: Version, settings: Settings, principal: Principal
+) -> dict[str, Any]:
+    provenance = attributed(template, settings, principal, version.last_updated)
     provenance["target"] = [target_of(version)]
-    provenance.setdefault("recorded", version.last_updated)
     return provenance
 
 
@@ -103,7 +161,8 @@ def check_us_core(provenance: dict[str, Any]) -> None:
             if not isinstance(who, dict) or not (who.get("reference") or who.get("identifier")):
                 issues.append(Issue("required", "agent.who is required", f"Provenance.agent[{i}].who"))
                 continue
-            who_type = who.get("type") or str(who.get("reference", "")).split("/", 1)[0]
+            reference = str(who.get("reference") or "")
+            who_type = who.get("type") or reference_resource_type(reference) or reference.split("/", 1)[0]
             if who_type in ("Practitioner", "Device") and not agent.get("onBehalfOf"):
                 issues.append(Issue(
                     "required",

@@ -289,7 +289,7 @@ class ResourceService:
         """Everything one version writes: the version, its index entries and its Provenance."""
         activity = prov.ACTIVITY_BY_METHOD["POST" if version.version == 1 else version.method]
         record = (
-            prov.client_provenance(x_provenance, version) if x_provenance is not None
+            prov.client_provenance(x_provenance, version, self._s, principal) if x_provenance is not None
             else prov.server_provenance(self._s, principal, version, activity)
         )
         record = prov.finalize(record, str(uuid.uuid4()), version.last_updated)

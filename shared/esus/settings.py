@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     jwt_issuer: str = "https://esus.local/issuer"
     jwt_audience: str = "esus-fhir"
     jwks_url: str | None = None
+    # JWKS keys are trusted for at most this long after a fetch: a key the IdP removes stops working then.
+    jwks_cache_seconds: int = Field(default=300, ge=1, le=3600)
+    # At most one JWKS fetch per this many seconds (unknown `kid`s, failed fetches): random kids cannot
+    # make the authorizer hammer the IdP.
+    jwks_refetch_interval_seconds: int = Field(default=30, ge=1, le=3600)
     # PEM public keys (concatenated) accepted instead of a JWKS URL; used by the local stack.
     jwt_public_keys_pem: str | None = None
     jwt_max_token_bytes: int = 8192

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.conftest import RunningStack, new_tenant
 
@@ -23,11 +24,28 @@ def _ids(bundle: dict) -> list[str]:
     return [e["resource"]["id"] for e in bundle["entry"]]
 
 
+def _ensure_target(client: Any, reference: str) -> None:
+    """A Provenance may only target existing resources: create the seed's target under its id."""
+    resource_type, resource_id = reference.split("/")
+    body: dict[str, Any] = {"resourceType": resource_type, "id": resource_id}
+    if resource_type in ("DiagnosticReport", "Observation"):
+        body.update(status="final", code={"text": "seed target"})
+    response = client.put(f"/{resource_type}/{resource_id}", json=body)
+    assert response.status_code in (200, 201), response.text
+
+
 def test_seed_000_provenance_created_and_found(stack: RunningStack) -> None:
     with stack.client(new_tenant()) as client:
+        _ensure_target(client, SEED_000_PROVENANCE["target"][0]["reference"])
         created = client.post("/Provenance", json=SEED_000_PROVENANCE)
         assert created.status_code == 201, created.text
         record = created.json()
+        # The client's claims are kept; the server's time and the authenticated caller are added.
+        assert record["agent"][0] == SEED_000_PROVENANCE["agent"][0]
+        assert record["agent"][1]["who"] == {"reference": "Practitioner/123", "type": "Practitioner"}
+        assert record["agent"][1]["type"]["coding"][0]["code"] == "enterer"
+        assert record["occurredDateTime"] == SEED_000_PROVENANCE["recorded"]
+        assert record["recorded"] == record["meta"]["lastUpdated"] != SEED_000_PROVENANCE["recorded"]
         assert created.headers["Location"].endswith(f"/Provenance/{record['id']}/_history/1")
         read = client.get(f"/Provenance/{record['id']}")
         assert read.status_code == 200 and read.json() == record and read.headers["ETag"] == 'W/"1"'
@@ -43,7 +61,10 @@ def test_seed_000_provenance_created_and_found(stack: RunningStack) -> None:
             {"_id": record["id"], "agent": "Practitioner/a7b1c2d3-e4f5-6789-abcd-ef0123456789"},
         ):
             bundle = client.get("/Provenance", params=params).json()
-            assert _ids(bundle) == [record["id"]], params
+            if "target" in params:  # the target's own creation record comes first
+                assert _ids(bundle)[1:] == [record["id"]] and len(bundle["entry"]) == 2, params
+            else:
+                assert _ids(bundle) == [record["id"]], params
         miss = client.get("/Provenance", params={"agent": "Practitioner/someone-else"}).json()
         assert miss["total"] == 0 and miss["entry"] == []
 
@@ -78,7 +99,7 @@ def test_patient_parameter_and_seed_004_bundle_shape(stack: RunningStack) -> Non
 def test_us_core_rules_reject_with_element_paths(stack: RunningStack) -> None:
     cases = {
         "Provenance.target": {k: v for k, v in SEED_000_PROVENANCE.items() if k != "target"},
-        "Provenance.recorded": {k: v for k, v in SEED_000_PROVENANCE.items() if k != "recorded"},
+        "Provenance.recorded": {**SEED_000_PROVENANCE, "recorded": "2024-01-15"},  # not an instant
         "Provenance.agent": {k: v for k, v in SEED_000_PROVENANCE.items() if k != "agent"},
         "Provenance.agent[0].onBehalfOf": {**SEED_000_PROVENANCE, "agent": [
             {"who": {"reference": "Practitioner/a7b1c2d3"}}]},
@@ -93,10 +114,15 @@ def test_us_core_rules_reject_with_element_paths(stack: RunningStack) -> None:
             expressions = [e for i in response.json()["issue"] for e in i.get("expression", [])]
             assert element in expressions, (element, response.text)
     assert stack.tenant_items(tenant)["ProvenanceTable"] == []
-    # Who is an Organization: onBehalfOf is optional.
+    # Who is an Organization: onBehalfOf is optional. Without `recorded` the server's time is all there is.
     with stack.client(tenant) as client:
+        _ensure_target(client, SEED_000_PROVENANCE["target"][0]["reference"])
         ok = {**SEED_000_PROVENANCE, "agent": [{"who": {"reference": "Organization/1"}}]}
         assert client.post("/Provenance", json=ok).status_code == 201
+        no_recorded = {k: v for k, v in SEED_000_PROVENANCE.items() if k != "recorded"}
+        created = client.post("/Provenance", json=no_recorded)
+        assert created.status_code == 201 and "occurredDateTime" not in created.json()
+        assert created.json()["recorded"] == created.json()["meta"]["lastUpdated"]
 
 
 def test_chain_of_custody_matches_history_one_to_one(stack: RunningStack) -> None:
@@ -129,26 +155,35 @@ def test_versioned_target_matches_one_version(stack: RunningStack) -> None:
 
 
 def test_recorded_prefixes_and_post_search(stack: RunningStack) -> None:
+    """`recorded` is the server's time, so the search is checked against the instants it assigned."""
     with stack.client(new_tenant()) as client:
-        for day in ("2024-01-10", "2024-01-15", "2024-01-20"):
-            client.post("/Provenance", json={**SEED_000_PROVENANCE, "recorded": f"{day}T10:30:00Z"})
         target = SEED_000_PROVENANCE["target"][0]["reference"]
+        _ensure_target(client, target)
+        (origin,) = [e["resource"]["recorded"] for e in client.get("/Provenance", params={"target": target}).json()[
+            "entry"]]  # the target's own creation record
+        stamps = []
+        for day in ("2024-01-10", "2024-01-15", "2024-01-20"):
+            created = client.post("/Provenance", json={**SEED_000_PROVENANCE, "recorded": f"{day}T10:30:00Z"})
+            stamps.append(created.json()["recorded"])
+        first, middle, last = stamps
+        assert first < middle < last
 
         def recorded(*values: str) -> list[str]:
             params = [("target", target)] + [("recorded", v) for v in values]
             bundle = client.get("/Provenance", params=params).json()
-            return [e["resource"]["recorded"][:10] for e in bundle["entry"]]
+            return [e["resource"]["recorded"] for e in bundle["entry"]]
 
-        assert recorded("eq2024-01-15") == ["2024-01-15"]
-        assert recorded("2024-01-15") == ["2024-01-15"]
-        assert recorded("ge2024-01-15") == ["2024-01-15", "2024-01-20"]
-        assert recorded("gt2024-01-15") == ["2024-01-20"]
-        assert recorded("le2024-01-15") == ["2024-01-10", "2024-01-15"]
-        assert recorded("lt2024-01-15") == ["2024-01-10"]
-        assert recorded("ge2024-01-11", "le2024-01-19") == ["2024-01-15"]
-        assert recorded("2024-01") == ["2024-01-10", "2024-01-15", "2024-01-20"]
+        assert recorded(f"eq{middle}") == [middle]
+        assert recorded(middle) == [middle]
+        assert recorded(f"ge{middle}") == [middle, last]
+        assert recorded(f"gt{middle}") == [last]
+        assert recorded(f"le{middle}") == [origin, first, middle]
+        assert recorded(f"lt{middle}") == [origin, first]
+        assert recorded(f"ge{first}", f"le{middle}") == [first, middle]
+        assert recorded(middle[:7]) == [s for s in (origin, *stamps) if s[:7] == middle[:7]]
+        assert recorded("2024-01-15") == []  # the clients' claimed times are not `recorded`
         assert client.get("/Provenance", params={"target": target, "recorded": "ge-soon"}).status_code == 400
-        posted = client.post("/Provenance/_search", content=f"target={target}&recorded=gt2024-01-15",
+        posted = client.post("/Provenance/_search", content=f"target={target}&recorded=gt{middle}",
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert posted.status_code == 200 and posted.json()["total"] == 1
 
@@ -156,7 +191,8 @@ def test_recorded_prefixes_and_post_search(stack: RunningStack) -> None:
 def test_paging_250_provenances_exactly_once(stack: RunningStack) -> None:
     target = "Observation/paged-target"
     with stack.client(new_tenant()) as client:
-        created = set()
+        _ensure_target(client, target)
+        created = {e["resource"]["id"] for e in client.get("/Provenance", params={"target": target}).json()["entry"]}
         for n in range(250):
             body = {**SEED_000_PROVENANCE, "target": [{"reference": target}],
                     "recorded": f"2024-02-{1 + n // 24:02d}T{n % 24:02d}:00:00Z"}
@@ -167,7 +203,7 @@ def test_paging_250_provenances_exactly_once(stack: RunningStack) -> None:
             pages = 0
             while url:
                 bundle = client.get(url).json()
-                assert bundle["total"] == 250
+                assert bundle["total"] == 251  # with the target's own record
                 assert len(bundle["entry"]) <= min(count, 100)
                 seen += _ids(bundle)
                 links = {link["relation"]: link["url"] for link in bundle["link"]}
@@ -178,14 +214,14 @@ def test_paging_250_provenances_exactly_once(stack: RunningStack) -> None:
             if count == 1:
                 assert len(seen) == len(set(seen)) == 4
                 continue
-            assert len(seen) == 250 and set(seen) == created, count
+            assert len(seen) == 251 and set(seen) == created, count
         default = client.get("/Provenance", params={"target": target}).json()
         assert len(default["entry"]) == 10  # _count default 10, as in seed 004
         last = next(link["url"] for link in default["link"] if link["relation"] == "last")
-        assert len(client.get(last).json()["entry"]) == 10
+        assert len(client.get(last).json()["entry"]) == 1  # 251 = 25 full pages + 1
 
 
-def test_x_provenance_replaces_server_record_atomically(stack: RunningStack) -> None:
+def test_x_provenance_is_kept_with_the_caller_added_atomically(stack: RunningStack) -> None:
     header = {
         "resourceType": "Provenance",
         "activity": {"coding": [{"code": "import", "display": "Imported from external system"}]},
@@ -202,6 +238,7 @@ def test_x_provenance_replaces_server_record_atomically(stack: RunningStack) -> 
         record = chain[0]["resource"]
         assert record["target"] == [{"reference": f"Patient/{pid}/_history/1", "type": "Patient"}]
         assert record["agent"][0]["who"] == {"reference": "Device/importer-1"}
+        assert record["agent"][1]["who"] == {"reference": "Practitioner/123", "type": "Practitioner"}  # the caller
         assert record["recorded"] == created.json()["meta"]["lastUpdated"]
         assert client.get("/Provenance", params={"entity": "DocumentReference/source-file-1"}).json()["total"] == 1
         # A stale If-Match stores neither the version nor its Provenance.

@@ -365,6 +365,12 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     status, body, _ = deployed.request("VreadFunction", "GET", f"/fhir/Provenance/{provenance_id}/_history/1",
                                        "/fhir/{type}/{id}/_history/{vid}", {**prov, "vid": "1"})
     assert status == 200, body
+    # A posted Provenance about a resource and a Provenance: both targets are read to check they exist.
+    posted = {"resourceType": "Provenance", "agent": [{"who": {"reference": "Organization/1"}}],
+              "target": [{"reference": f"Patient/{pid}"}, {"reference": f"Provenance/{provenance_id}"}]}
+    status, body, _ = deployed.request("CreateFunction", "POST", "/fhir/Provenance", "/fhir/{type}",
+                                       {"type": "Provenance"}, body=posted)
+    assert status == 201, body
 
     # Conditional create, update and delete of a second Patient, chosen by identifier.
     second = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "MRN-2"}],
