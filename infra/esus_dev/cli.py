@@ -181,7 +181,7 @@ def explain(exc: BaseException, args: argparse.Namespace) -> str | None:
 
     if isinstance(exc, OperatorError | stackstate.NoLocalStack | ServeError):
         return str(exc)
-    if isinstance(exc, aws.HTTPClientError | aws.EndpointConnectionError):
+    if isinstance(exc, aws.HTTPClientError | aws.ConnectionError):
         where = exc.kwargs.get("endpoint_url") or "the AWS endpoint"
         if getattr(args, "local_stack", None):
             return (f"no local stack answers at {where} (its AWS stand-in stopped): {stackstate.START_HINT}, "
