@@ -112,7 +112,7 @@ def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSta
             pytest.fail("the local stack did not start:\n" + "".join(output))
         found = re.search(r"ESUS local API: (\S+)", line)
         base_url = found.group(1) if found else None
-    state = json.loads((dev_dir / "local-stack.json").read_text())
+    state = json.loads(next(dev_dir.glob("local-stack-*.json")).read_text())  # one stack per dev dir
     running = RunningStack(base_url, dev_dir, state, process, output)
     yield running
     process.terminate()

@@ -1,4 +1,10 @@
-"""`esus`: run the local stack, mint dev tokens, rotate the PHI root key, re-encrypt old items."""
+"""`esus`: run the local stack, mint dev tokens, rotate the PHI root key, re-encrypt old items.
+
+Exit codes: 0 success; 1 the command ran and found problems (verify, reencrypt, import failures);
+2 it could not run (bad usage, no local stack, unreachable endpoint, credentials, missing data).
+Foreseeable operator errors are turned into one line on stderr in one place (`explain`); anything
+else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,26 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from esus_dev import stackstate
 from esus_dev.devkeys import dev_dir, mint_token
 
-STATE_FILE = "local-stack.json"
+AIM_AWS = "aim the command elsewhere with --deployed (ESUS_* settings, AWS credentials) or --endpoint URL"
+# Error codes AWS answers when the credentials themselves are wrong, and when they lack a permission.
+BAD_CREDENTIALS = frozenset({
+    "UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException", "SignatureDoesNotMatch",
+    "ExpiredToken", "ExpiredTokenException", "IncompleteSignature", "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+})
+ACCESS_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"})
+
+
+class OperatorError(Exception):
+    """A foreseeable mistake or condition the operator can fix: one line on stderr, exit 2."""
 
 
 def _repo() -> Path:
@@ -28,30 +47,45 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     os.environ.setdefault("ESUS_ROOT_KEY_MAX_AGE_SECONDS", "5")
     stack = LocalStack(_repo())
-    stack.start()
-    server = stack.serve(args.host, args.port)
-    base = f"http://{args.host}:{server.server_port}/fhir"
-    state = {"base_url": base, "aws_endpoint": os.environ["AWS_ENDPOINT_URL"], **stack.physical_names()}
-    (dev_dir() / STATE_FILE).write_text(json.dumps(state, indent=2))
-    token = mint_token("acme", "user/*.*", "Practitioner/dev", lifetime_seconds=12 * 3600)
-    print(f"ESUS local API: {base}")
-    print(f"AWS stand-in:   {state['aws_endpoint']} (moto, serialised)")
-    print("Dev token (tenant acme, scope user/*.*, 12 h):")
-    print(f"  export TOKEN={token}")
-    print(f'  curl -H "Authorization: Bearer $TOKEN" {base}/metadata')
-    sys.stdout.flush()
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
+    server = stack.serve(args.host, args.port)  # listen first: a taken port fails before anything starts
+    try:
+        stack.start()
+        port = server.server_port
+        base = f"http://{args.host}:{port}/fhir"
+        state = {"base_url": base, "port": port, "pid": os.getpid(), "aws_endpoint": os.environ["AWS_ENDPOINT_URL"],
+                 **stack.physical_names()}
+        state_file = stackstate.write_state(dev_dir(), port, state)
+        token = mint_token("acme", "user/*.*", "Practitioner/dev", lifetime_seconds=12 * 3600)
+        print(f"ESUS local API: {base}")
+        print(f"AWS stand-in:   {state['aws_endpoint']} (moto, serialised)")
+        print(f"State file:     {state_file} (removed when this stack stops)")
+        print("Dev token (tenant acme, scope user/*.*, 12 h):")
+        print(f"  export TOKEN={token}")
+        print(f'  curl -H "Authorization: Bearer $TOKEN" {base}/metadata')
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it like Ctrl-C: the state file goes too
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                server.serve_forever()
+        finally:
+            stackstate.remove_state(state_file, state)
+    finally:
+        server.server_close()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _target(args: argparse.Namespace) -> tuple[Any, Any]:
     """(Settings, endpoint) of the running local stack, or of a deployment (ESUS_* env, --endpoint)."""
     from esus.settings import Settings
 
-    state_path = dev_dir() / STATE_FILE
-    if args.deployed or not state_path.exists():
+    args.local_stack = None
+    if args.deployed or args.endpoint:
         return Settings(), args.endpoint
-    state = json.loads(state_path.read_text())
+    state = stackstate.find_local_stack(dev_dir(), args.port, AIM_AWS)
+    args.local_stack = state
     # The local stand-in accepts any credentials; a developer shell may have none configured.
     for name, value in (("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ACCESS_KEY_ID", "local"),
                         ("AWS_SECRET_ACCESS_KEY", "local")):
@@ -113,13 +147,23 @@ def cmd_verify(args: argparse.Namespace) -> None:
     settings, endpoint = _target(args)
     services = build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint))
     report = verify_all(services, tenant=args.tenant)
-    print(f"Checked {report.resources} resources, {report.versions} versions, {report.provenances} Provenance "
-          f"and {report.index_items} index items.")
+    if args.tenant is not None and args.tenant not in report.tenants:
+        # Most likely a misspelt tenant: an "OK" for nothing checked would mislead.
+        raise OperatorError(f"no data is stored for tenant {args.tenant!r}: nothing to check "
+                            "(tenant names are matched exactly; run without --tenant to check every tenant)")
+    for name in sorted(report.tenants):
+        found = report.tenants[name]
+        verdict = "OK" if found.ok else f"{len(found.problems)} problem(s)"
+        print(f"Tenant {name}: {found.resources} resources, {found.versions} versions, "
+              f"{found.provenances} Provenance, {found.index_items} index items: {verdict}")
+        print("\n".join(f"  {problem}" for problem in found.problems), end="\n" if found.problems else "")
+    print(f"Checked {len(report.tenants)} tenant(s): {report.resources} resources, {report.versions} versions, "
+          f"{report.provenances} Provenance and {report.index_items} index items.")
     if report.ok:
         print("OK: every invariant holds.")
         return
-    print(f"{len(report.problems)} problem(s):")
-    print("\n".join(f"  {problem}" for problem in report.problems))
+    bad = sorted(name for name, found in report.tenants.items() if not found.ok)
+    print(f"{len(report.problems)} problem(s) in {len(bad)} tenant(s): {', '.join(bad)}")
     sys.exit(1)
 
 
@@ -129,8 +173,49 @@ def cmd_import(args: argparse.Namespace) -> None:
     sys.exit(importer.main(args, dev_dir()))
 
 
+def explain(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a foreseeable operator error; None for anything else (a bug keeps its traceback)."""
+    from botocore import exceptions as aws
+
+    from esus_dev.localstack import ServeError
+
+    if isinstance(exc, OperatorError | stackstate.NoLocalStack | ServeError):
+        return str(exc)
+    if isinstance(exc, aws.HTTPClientError | aws.ConnectionError):
+        where = exc.kwargs.get("endpoint_url") or "the AWS endpoint"
+        if getattr(args, "local_stack", None):
+            return (f"no local stack answers at {where} (its AWS stand-in stopped): {stackstate.START_HINT}, "
+                    f"or {AIM_AWS}")
+        return f"cannot reach {where}: check --endpoint, AWS_REGION and the network"
+    if isinstance(exc, aws.NoCredentialsError | aws.PartialCredentialsError):
+        return ("no AWS credentials found: configure them (AWS_PROFILE, `aws configure`, or AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY), or drop --deployed to use the local stack")
+    if isinstance(exc, aws.NoRegionError):
+        return "no AWS region configured: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)"
+    if isinstance(exc, aws.ProfileNotFound | aws.TokenRetrievalError | aws.SSOError):
+        return f"AWS credentials unavailable: {exc}"
+    if isinstance(exc, aws.ClientError):
+        error = exc.response.get("Error", {})
+        code, message = str(error.get("Code", "")), str(error.get("Message", "")).rstrip(".")
+        if code in BAD_CREDENTIALS:
+            return f"AWS rejected the credentials ({code}: {message}): check AWS_PROFILE / the access keys"
+        if code in ACCESS_DENIED:
+            return (f"AWS denied {exc.operation_name} ({code}): the credentials lack a permission this command "
+                    f"needs: {message}")
+        if code == "ResourceNotFoundException":
+            return (f"{exc.operation_name}: {message}: check the table and secret names (ESUS_RESOURCES_TABLE, "
+                    "ESUS_HISTORY_TABLE, ESUS_PROVENANCE_TABLE, ESUS_INDEX_TABLE, ESUS_ROOT_KEY_SECRET_ID), "
+                    "the region and the account")
+        return f"AWS answered {exc.operation_name} with {code}: {message}"
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="esus", description=__doc__)
+    parser = argparse.ArgumentParser(prog="esus", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start the local API with an embedded AWS stand-in")
@@ -160,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--tenant", default=None, help="only this tenant's items")
         command.add_argument("--deployed", action="store_true",
                              help="use ESUS_* environment settings and AWS credentials, not the local stack")
-        command.add_argument("--endpoint", default=None, help="AWS endpoint URL (with --deployed)")
+        command.add_argument("--endpoint", default=None, help="AWS endpoint URL (implies --deployed)")
+        _port_option(command)
         command.set_defaults(func=func)
 
     load = sub.add_parser("import", help="load FHIR Bundles / NDJSON into a local or deployed API (resumable)")
@@ -180,10 +266,26 @@ def main(argv: list[str] | None = None) -> None:
                       help="send every entry, even those an earlier run finished")
     load.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
     load.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _port_option(load)
     load.set_defaults(func=cmd_import)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        message = explain(exc, args)
+        if message is None:
+            raise
+        print(f"esus {args.command}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _port_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--port", type=int, default=None,
+                         help="the local stack listening on this port, when several run (default: $ESUS_LOCAL_PORT, "
+                              "else the one that answers)")
 
 
 if __name__ == "__main__":

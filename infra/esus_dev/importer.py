@@ -46,6 +46,7 @@ SOURCE_SYSTEM = "urn:esus:import-source"
 IMPORTER_DEVICE = "Device/esus-importer"
 STATE_FORMAT = 1
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+AIM_ELSEWHERE = "aim the import elsewhere with --base-url URL (and --token, or ESUS_TOKEN)"
 
 CREATED, UPDATED, UNCHANGED, FAILED, NOT_SENT = "created", "updated", "unchanged", "failed", "not_sent"
 RESULTS = (CREATED, UPDATED, UNCHANGED, FAILED, NOT_SENT)
@@ -623,6 +624,8 @@ def run_import(config: ImportConfig, progress_stream: TextIO | None = None) -> S
     plan = build_plan(config.paths)
     state = ImportState.load(config.state_file, config.target)
     todo = [e for e in plan.entries if not (config.resume and state.is_done(e))]
+    if todo:
+        preflight(config, todo[0].key)
     summary = Summary(files=plan.files, resources=len(plan.entries), skipped=len(plan.entries) - len(todo),
                       superseded=len(plan.superseded))
     summary.failures += [Failure(u.label, None, u.reason) for u in plan.unreadable]
@@ -640,6 +643,21 @@ def run_import(config: ImportConfig, progress_stream: TextIO | None = None) -> S
     return summary
 
 
+def preflight(config: ImportConfig, probe_key: str) -> None:
+    """Fail at once, in one line, when no API answers or it rejects the token, rather than retrying and
+    failing every entry. One read the import would make anyway; other answers are left to the run."""
+    try:
+        with httpx.Client(base_url=config.base_url, timeout=min(config.timeout, 15.0), headers={
+                "Authorization": f"Bearer {config.token}", "Accept": FHIR_JSON}) as http:
+            response = http.get(f"/{probe_key}")
+    except httpx.TransportError as exc:
+        raise UsageError(f"no API answers at {config.base_url} ({type(exc).__name__}): start the local stack "
+                         f"with `make run`, or {AIM_ELSEWHERE}") from None
+    if response.status_code == 401:
+        raise UsageError(f"the API at {config.base_url} rejects the token (401): pass a valid --token or set "
+                         "ESUS_TOKEN (a token for the local stack: `esus token --tenant T --scope system/*.cruds`)")
+
+
 # ---------- options ----------
 def token_tenant(token: str) -> str | None:
     """The `tenant` claim, read without verification (the server verifies; this only labels)."""
@@ -653,13 +671,14 @@ def token_tenant(token: str) -> str | None:
 
 def config_from_args(args: argparse.Namespace, dev_dir: Path) -> ImportConfig:
     """Resolve defaults: the running local stack's URL, ESUS_TOKEN, or a minted dev token."""
-    local: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        local = json.loads((dev_dir / "local-stack.json").read_text())
+    from esus_dev import stackstate
+
+    if args.base_url:
+        local = stackstate.recorded_for(dev_dir, args.base_url) or {}
+    else:
+        local = stackstate.find_local_stack(dev_dir, getattr(args, "port", None), AIM_ELSEWHERE)
     base_url = (args.base_url or local.get("base_url") or "").rstrip("/")
-    if not base_url:
-        raise UsageError("no --base-url given and no local stack is running (start one with `esus run`)")
-    is_local = base_url == str(local.get("base_url", "")).rstrip("/")
+    is_local = bool(local)
     token = args.token or os.environ.get("ESUS_TOKEN")
     if not token:
         if not is_local:
@@ -682,10 +701,12 @@ def config_from_args(args: argparse.Namespace, dev_dir: Path) -> ImportConfig:
 
 
 def main(args: argparse.Namespace, dev_dir: Path) -> int:
+    from esus_dev.stackstate import NoLocalStack
+
     try:
         config = config_from_args(args, dev_dir)
         summary = run_import(config)
-    except UsageError as exc:
+    except (UsageError, NoLocalStack) as exc:
         print(f"esus import: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary.as_dict(), indent=2) if args.json else summary.text())

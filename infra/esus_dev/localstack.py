@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -380,7 +381,10 @@ class LocalStack:
                     # Method, path without query (queries can carry phone/email) and status only.
                     print(f"{self.command} {self.path.split('?', 1)[0]} -> {args[1] if len(args) > 1 else ''}")
 
-        server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ServeError(_bind_problem(host, port, exc)) from None
         server.daemon_threads = True
         return server
 
@@ -388,6 +392,21 @@ class LocalStack:
 def _render(template: str, variables: dict[str, str]) -> str:
     """`$context.x` / `${context.x}` as API Gateway fills them; unknown variables render empty, as there."""
     return CONTEXT_VARIABLE.sub(lambda m: variables.get(m.group(1) or m.group(2), ""), template)
+
+
+class ServeError(Exception):
+    """The API cannot listen where asked (port taken, not allowed, unknown host): one line for the operator."""
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> str:
+    other = 3001 if port == 3000 else 3000
+    choose = f"choose another with `PORT={other} make run` or `esus run --port {other}`"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use (another `esus run`, or another program): {choose}"
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on port {port} (ports below 1024 need privileges): {choose}"
+    return (f"cannot listen on {host}:{port} ({exc.strerror or exc}): check HOST (`HOST=127.0.0.1 make run` "
+            f"or `esus run --host 127.0.0.1`) and PORT")
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:

@@ -75,6 +75,22 @@ def change_log_sort(version: Version) -> str:
     return f"{version.last_updated}|{version.resource_type}|{version.resource_id}|{version.version:012d}"
 
 
+def key_tenant(key: str) -> str:
+    """The tenant of any key of any table (every key begins with it)."""
+    return key.split("|", 1)[0]
+
+
+def split_resource_key(key: str) -> tuple[str, str, str]:
+    """resource_key's inverse: (tenant, type, id)."""
+    tenant, resource_type, resource_id = key.split("|", 2)
+    return tenant, resource_type, resource_id
+
+
+def index_sort_id(sort: str) -> str:
+    """The id an index sort key (order|id) names."""
+    return sort.rsplit("|", 1)[-1]
+
+
 def _av(value: Any) -> dict[str, Any]:
     return dict(_serializer.serialize(value))
 
@@ -201,10 +217,17 @@ class Store:
                 return sort_keys
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    def _batch_get(self, table: str, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _batch_get(
+        self, table: str, keys: list[dict[str, Any]], attributes: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
+        projection: dict[str, Any] = {}
+        if attributes:  # only these attributes (names aliased: some are DynamoDB reserved words)
+            names = {f"#a{n}": name for n, name in enumerate(attributes)}
+            projection = {"ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names}
         for start in range(0, len(keys), BATCH_GET_LIMIT):
-            pending: dict[str, Any] = {table: {"Keys": keys[start : start + BATCH_GET_LIMIT], "ConsistentRead": True}}
+            pending: dict[str, Any] = {
+                table: {"Keys": keys[start : start + BATCH_GET_LIMIT], "ConsistentRead": True, **projection}}
             for attempt in range(6):
                 response = self._ddb.batch_get_item(RequestItems=pending)
                 items.extend(response.get("Responses", {}).get(table, []))
@@ -350,6 +373,41 @@ class Store:
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # ---------- the integrity checker's bounded reads (esus verify) ----------
+    def scan_pages(self, table: str, tenant: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """One Scan page (at most 1 MB) at a time, optionally only `tenant`'s items."""
+        kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+        if tenant is not None:
+            kwargs["FilterExpression"] = "begins_with(pk, :tenant)"
+            kwargs["ExpressionAttributeValues"] = {":tenant": _av(f"{tenant}|")}
+        while True:
+            page = self._ddb.scan(**kwargs)
+            yield [_plain(item) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def history_pages(self, tenant: str, resource_type: str, resource_id: str) -> Iterator[list[dict[str, Any]]]:
+        """A resource's history items, oldest first, one Query page at a time (undecoded)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._s.history_table, "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _av(resource_key(tenant, resource_type, resource_id))},
+            "ScanIndexForward": True, "ConsistentRead": True,
+        }
+        while True:
+            page = self._ddb.query(**kwargs)
+            yield [_plain(item) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def get_many(
+        self, table: str, keys: Sequence[dict[str, Any]], attributes: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """The items of `table` at these plain keys (absent ones are left out), optionally only `attributes`."""
+        unique = list({tuple(sorted(k.items())): k for k in keys}.values())  # BatchGetItem rejects duplicates
+        return [_plain(i) for i in self._batch_get(table, [_item(k) for k in unique], attributes)]
 
     def _is_stale(self, item: dict[str, Any], current_kv: str) -> bool:
         versions = self._codec.key_versions(_binary_map(item.get("phi")))
