@@ -32,12 +32,12 @@ from esus.errors import (
     UnsupportedMediaType,
 )
 from esus.fhir import PROVENANCE, require_type
+from esus.limits import MAX_BODY_BYTES, parse_json
 from esus.model import Version
 from esus.settings import get_settings
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 ACCEPTED_CONTENT_TYPES = ("application/fhir+json", "application/json")
-MAX_BODY_BYTES = 1_048_576
 IF_MATCH_PATTERN = re.compile(r'^\s*(?:W/)?"?([0-9]{1,18})"?\s*$')
 THROTTLING_CODES = frozenset({
     "ThrottlingException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
@@ -256,10 +256,7 @@ class FhirRequest:
         text = self._body_text()
         if not text.strip():
             raise InvalidRequest("The request body is empty")
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise InvalidRequest("The request body is not valid JSON") from None
+        return parse_json(text, "The request body")
 
     def _body_text(self) -> str:
         body = self._raw.get("body") or ""

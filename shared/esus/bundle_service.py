@@ -82,6 +82,7 @@ class BundleService:
         results: list[EntryResult] = []
         items: list[dict[str, Any]] = []
         touched: set[str] = set()
+        conditions: dict[str, int] = {}  # conditional-create guard -> the entry that holds it
         for index, (method, resource_type, _, resource, request) in enumerate(parsed):
             principal.require(resource_type, METHOD_INTERACTION[method])
             if resource is not None:
@@ -92,7 +93,7 @@ class BundleService:
                 raise InvalidRequest(f"The transaction changes {key} twice")
             touched.add(key)
             result, entry_items = self._transaction_entry(
-                principal, method, resource_type, str(target_id), resource, request, x_provenance, index)
+                principal, method, resource_type, str(target_id), resource, request, x_provenance, index, conditions)
             results.append(result)
             items += entry_items
         if len(items) > TRANSACTION_ITEM_LIMIT:
@@ -108,6 +109,7 @@ class BundleService:
     def _transaction_entry(
         self, principal: Principal, method: str, resource_type: str, resource_id: str,
         resource: dict[str, Any] | None, request: dict[str, Any], x_provenance: dict[str, Any] | None, index: int,
+        conditions: dict[str, int],
     ) -> tuple[EntryResult, list[dict[str, Any]]]:
         where = f"Bundle.entry[{index}]"
         if_match = _if_match(request)
@@ -119,6 +121,14 @@ class BundleService:
         if method == "POST" and request.get("ifNoneExist"):
             matches = self._conditional.matches_for_transaction(principal.tenant, resource_type,
                                                                 str(request["ifNoneExist"]))
+            # The same condition twice would make both entries create (or write the guard twice): the
+            # second create would break the condition the first one set, so the transaction is refused.
+            first = conditions.setdefault(matches.guard[0], index)
+            if first != index:
+                message = (f"Bundle.entry[{first}] and {where} both create a {resource_type} only if none matches "
+                           "the same search (ifNoneExist); a transaction may hold each condition once. Keep one "
+                           "entry and point references at its fullUrl.")
+                raise InvalidRequest(message, [Issue("invalid", message, f"{where}.request.ifNoneExist")])
             if matches.existing is not None:
                 return EntryResult(200, matches.existing), []
             guard = matches.guard

@@ -4,6 +4,7 @@ every write is one conditional transaction on the version the writer expects."""
 from __future__ import annotations
 
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from esus.store import (
 )
 
 T = TypeVar("T")
+VERSION_ID = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,8 @@ def _check_generic(resource_type: str) -> None:
 
 
 def _is_version(vid: str) -> bool:
-    return vid.isdigit() and 0 < len(vid) <= 18 and int(vid) > 0
+    # ASCII digits only (str.isdigit() accepts '²', which int() rejects); 18 digits fit DynamoDB's number.
+    return VERSION_ID.fullmatch(vid) is not None and int(vid) > 0
 
 
 def _with_server_meta(body: Any, resource_id: str, version: int, last_updated: str) -> Any:
