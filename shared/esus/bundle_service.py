@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from esus.api import error_for
 from esus.auth import CREATE, DELETE, UPDATE, Principal
 from esus.conditional import ConditionalService
 from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PayloadTooLarge, PreconditionFailed
@@ -67,7 +68,8 @@ class BundleService:
                 return EntryResult(201 if outcome.created else 200, outcome.version)
             deleted = self._resources.delete(principal, resource_type, str(resource_id), if_match, x_provenance)
             return EntryResult(204, deleted)
-        except FhirError as error:
+        except Exception as exc:  # any failure is this entry's outcome: a batch always answers 200
+            error = error_for(exc)
             return EntryResult(error.status, outcome=error)
 
     # ---------- transaction ----------
