@@ -13,13 +13,12 @@ from typing import Any
 from esus.api import error_for
 from esus.auth import CREATE, DELETE, UPDATE, Principal
 from esus.conditional import ConditionalService
-from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PayloadTooLarge, PreconditionFailed
+from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PreconditionFailed
 from esus.fhir import RESOURCE_TYPES, now_instant, require_id
 from esus.model import Version
 from esus.service import ResourceService, same_content
 from esus.store import Store, TransientConflict, VersionConflict
 
-TRANSACTION_ITEM_LIMIT = 100  # DynamoDB TransactWriteItems
 METHOD_INTERACTION = {"POST": CREATE, "PUT": UPDATE, "DELETE": DELETE}
 URN_UUID = re.compile(r"^urn:uuid:[0-9a-fA-F-]{36}$")
 
@@ -98,12 +97,6 @@ class BundleService:
                 principal, method, resource_type, str(target_id), resource, request, x_provenance, index, conditions)
             results.append(result)
             items += entry_items
-        if len(items) > TRANSACTION_ITEM_LIMIT:
-            raise PayloadTooLarge(
-                f"This transaction needs {len(items)} DynamoDB items (each entry writes its version, history, "
-                f"Provenance and index items); one atomic transaction holds at most {TRANSACTION_ITEM_LIMIT}. "
-                "Split it into smaller transactions or send a batch."
-            )
         if items:
             self._commit(items)
         return results

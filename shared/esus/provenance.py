@@ -13,7 +13,7 @@ from esus.limits import parse_json
 from esus.model import IndexEntry, Version
 from esus.search import provenance_index_values
 from esus.settings import Settings
-from esus.store import index_partition
+from esus.store import index_partition, unique_entries
 
 DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
@@ -128,7 +128,7 @@ def recorded_key(recorded: str) -> str:
 
 def index_entries(tenant: str, provenance: dict[str, Any], sort_key: str) -> list[IndexEntry]:
     order = f"{sort_key}|{provenance['id']}"
-    return [
+    return unique_entries([
         IndexEntry(index_partition(tenant, PROVENANCE, param, value), order, provenance["id"])
         for param, value in sorted(provenance_index_values(provenance))
-    ]
+    ])

@@ -40,6 +40,7 @@ from esus.store import (
     change_log_partition,
     change_log_sort,
     index_partition,
+    unique_entries,
 )
 
 T = TypeVar("T")
@@ -292,16 +293,17 @@ class ResourceService:
         return write, sort_key
 
     def index_entries(self, tenant: str, version: Version) -> list[IndexEntry]:
+        """One entry per index item: values whose truncated tokens collide share an item."""
         if version.resource is None:
             return []
-        return [
+        return unique_entries([
             IndexEntry(
                 index_partition(tenant, version.resource_type, param, self._blind.token(tenant, param, value)),
                 version.resource_id,
                 version.resource_id,
             )
             for param, value in sorted(hashed_index_values(version.resource_type, version.resource))
-        ]
+        ])
 
     def _commit(
         self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
