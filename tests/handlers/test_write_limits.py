@@ -191,6 +191,32 @@ def test_transaction_with_the_same_if_none_exist_twice_is_a_400_naming_both_entr
     assert local.json(again)["entry"][0]["response"]["status"].startswith("200")
 
 
+# ---------- JSON Patch growth ----------
+def test_json_patch_doubling_attack_is_refused_and_nothing_is_stored(checked: InProcessStack) -> None:
+    local = checked
+    created = local.json(local.request("POST", "/Patient", {
+        "resourceType": "Patient", "name": [{"family": "Doubling", "given": ["x" * 1000]}]}))
+    before = _counts(local)
+    doubling = [{"op": "copy", "from": "/name", "path": "/name/-"} for _ in range(12)]  # 1 KB -> 4 MB
+    result = local.request("PATCH", f"/Patient/{created['id']}", doubling, headers=JSON_PATCH)
+    assert result.status == 413
+    assert "larger than 1048576 bytes" in _outcome_text(local, result)
+    too_many = [{"op": "test", "path": "/id", "value": created["id"]}] * 101
+    result = local.request("PATCH", f"/Patient/{created['id']}", too_many, headers=JSON_PATCH)
+    assert result.status == 413 and "at most 100 operations" in _outcome_text(local, result)
+    # A small document can still nest deeply: each copy of a chain into its own leaf doubles the depth.
+    chain: Any = {}
+    for _ in range(90):
+        chain = {"a": chain}
+    nesting = [{"op": "add", "path": "/x", "value": chain}] + [
+        {"op": "copy", "from": "/x", "path": "/x" + "/a" * (90 * 2**n)} for n in range(5)]
+    result = local.request("PATCH", f"/Patient/{created['id']}", nesting, headers=JSON_PATCH)
+    assert result.status == 422, result.body[:300]
+    assert "more than 100 levels" in _outcome_text(local, result)
+    assert _counts(local) == before
+    assert local.json(local.request("GET", f"/Patient/{created['id']}"))["meta"]["versionId"] == "1"
+
+
 def test_recorded_that_overflows_utc_is_not_a_500(checked: InProcessStack) -> None:
     """0001-01-01T00:00:00+01:00 is a valid-looking instant before year 1 in UTC (OverflowError)."""
     local = checked
