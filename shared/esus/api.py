@@ -32,12 +32,12 @@ from esus.errors import (
     UnsupportedMediaType,
 )
 from esus.fhir import PROVENANCE, require_type
+from esus.limits import MAX_BODY_BYTES, parse_json
 from esus.model import Version
 from esus.settings import get_settings
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 ACCEPTED_CONTENT_TYPES = ("application/fhir+json", "application/json")
-MAX_BODY_BYTES = 1_048_576
 IF_MATCH_PATTERN = re.compile(r'^\s*(?:W/)?"?([0-9]{1,18})"?\s*$')
 THROTTLING_CODES = frozenset({
     "ThrottlingException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
@@ -52,36 +52,9 @@ metrics = Metrics(namespace="ESUS")
 def create_app() -> APIGatewayRestResolver:
     app = APIGatewayRestResolver()
 
-    @app.exception_handler(FhirError)
-    def _fhir_error(exc: FhirError) -> Response[str]:
-        if isinstance(exc, IntegrityFailure):
-            metrics.add_metric(name="IntegrityFailures", unit=MetricUnit.Count, value=1)
-            logger.error("integrity failure", extra={"reason": exc.diagnostics})
-        return error_response(exc)
-
-    @app.exception_handler(ClientError)
-    def _aws_error(exc: ClientError) -> Response[str]:
-        code = exc.response.get("Error", {}).get("Code", "")
-        logger.warning("aws call failed", extra={"aws_error": code, "operation": exc.operation_name})
-        if code in THROTTLING_CODES:
-            return error_response(TooManyRequests("The service is busy; retry shortly", headers={"Retry-After": "1"}))
-        if code in ("ResourceNotFoundException", "AccessDeniedException", "ValidationException"):
-            return _internal_error(exc)
-        return error_response(
-            ServiceUnavailable("A backing service failed; retry shortly", headers={"Retry-After": "2"})
-        )
-
-    @app.exception_handler(BotoCoreError)
-    def _aws_unreachable(exc: BotoCoreError) -> Response[str]:
-        logger.warning("aws unreachable", extra={"error_type": type(exc).__name__})
-        if isinstance(exc, ConnectionError | ReadTimeoutError):
-            return error_response(ServiceUnavailable("A backing service timed out; retry shortly",
-                                                     headers={"Retry-After": "2"}))
-        return _internal_error(exc)
-
     @app.exception_handler(Exception)
-    def _unexpected(exc: Exception) -> Response[str]:
-        return _internal_error(exc)
+    def _any_error(exc: Exception) -> Response[str]:
+        return error_response(error_for(exc))
 
     @app.not_found
     def _no_route(_: Exception) -> Response[str]:
@@ -90,7 +63,30 @@ def create_app() -> APIGatewayRestResolver:
     return app
 
 
-def _internal_error(exc: BaseException) -> Response[str]:
+def error_for(exc: Exception) -> FhirError:
+    """The ONE mapping from an exception to what the client sees (status, OperationOutcome, headers), used
+    for whole requests and for each batch entry. Logs what operators need, never the message (PHI)."""
+    if isinstance(exc, FhirError):
+        if isinstance(exc, IntegrityFailure):
+            metrics.add_metric(name="IntegrityFailures", unit=MetricUnit.Count, value=1)
+            logger.error("integrity failure", extra={"reason": exc.diagnostics})
+        return exc
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        logger.warning("aws call failed", extra={"aws_error": code, "operation": exc.operation_name})
+        if code in THROTTLING_CODES:
+            return TooManyRequests("The service is busy; retry shortly", headers={"Retry-After": "1"})
+        if code in ("ResourceNotFoundException", "AccessDeniedException", "ValidationException"):
+            return _internal_error(exc)
+        return ServiceUnavailable("A backing service failed; retry shortly", headers={"Retry-After": "2"})
+    if isinstance(exc, BotoCoreError):
+        logger.warning("aws unreachable", extra={"error_type": type(exc).__name__})
+        if isinstance(exc, ConnectionError | ReadTimeoutError):
+            return ServiceUnavailable("A backing service timed out; retry shortly", headers={"Retry-After": "2"})
+    return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> FhirError:
     # Messages can quote input (PHI), so only the type and the code location are logged.
     frames = traceback.extract_tb(exc.__traceback__)[-3:]
     logger.error("unhandled error", extra={
@@ -98,7 +94,7 @@ def _internal_error(exc: BaseException) -> Response[str]:
         "where": [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}:{f.name}" for f in frames],
     })
     correlation = logger.get_correlation_id() or "unknown"
-    return error_response(FhirError(f"Internal error. Quote correlation id {correlation} to support."))
+    return FhirError(f"Internal error. Quote correlation id {correlation} to support.")
 
 
 def lambda_entry(app: APIGatewayRestResolver) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
@@ -258,10 +254,7 @@ class FhirRequest:
         text = self._body_text()
         if not text.strip():
             raise InvalidRequest("The request body is empty")
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise InvalidRequest("The request body is not valid JSON") from None
+        return parse_json(text, "The request body")
 
     def _body_text(self) -> str:
         body = self._raw.get("body") or ""

@@ -10,15 +10,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from esus.api import error_for
 from esus.auth import CREATE, Principal
 from esus.conditional import ConditionalService
-from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PayloadTooLarge, PreconditionFailed
+from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PreconditionFailed
 from esus.fhir import RESOURCE_TYPES, now_instant, require_id
 from esus.model import Version
 from esus.service import ResourceService, same_content
 from esus.store import Store, TransientConflict, VersionConflict
 
-TRANSACTION_ITEM_LIMIT = 100  # DynamoDB TransactWriteItems
 METHOD_INTERACTION = {"POST": "create", "PUT": "update", "DELETE": "delete"}
 URN_UUID = re.compile(r"^urn:uuid:[0-9a-fA-F-]{36}$")
 
@@ -67,7 +67,8 @@ class BundleService:
                 return EntryResult(201 if outcome.created else 200, outcome.version)
             deleted = self._resources.delete(principal, resource_type, str(resource_id), if_match, x_provenance)
             return EntryResult(204, deleted)
-        except FhirError as error:
+        except Exception as exc:  # any failure is this entry's outcome: a batch always answers 200
+            error = error_for(exc)
             return EntryResult(error.status, outcome=error)
 
     # ---------- transaction ----------
@@ -84,6 +85,7 @@ class BundleService:
         touched: set[str] = set()
         for method, resource_type, _, _, request in parsed:  # every scope is checked before any read
             principal.require_interaction(resource_type, _interaction(method, request))
+        conditions: dict[str, int] = {}  # conditional-create guard -> the entry that holds it
         for index, (method, resource_type, _, resource, request) in enumerate(parsed):
             if resource is not None:
                 resource = _resolve_references(resource, assigned)
@@ -93,15 +95,9 @@ class BundleService:
                 raise InvalidRequest(f"The transaction changes {key} twice")
             touched.add(key)
             result, entry_items = self._transaction_entry(
-                principal, method, resource_type, str(target_id), resource, request, x_provenance, index)
+                principal, method, resource_type, str(target_id), resource, request, x_provenance, index, conditions)
             results.append(result)
             items += entry_items
-        if len(items) > TRANSACTION_ITEM_LIMIT:
-            raise PayloadTooLarge(
-                f"This transaction needs {len(items)} DynamoDB items (each entry writes its version, history, "
-                f"Provenance and index items); one atomic transaction holds at most {TRANSACTION_ITEM_LIMIT}. "
-                "Split it into smaller transactions or send a batch."
-            )
         if items:
             self._commit(items)
         return results
@@ -109,6 +105,7 @@ class BundleService:
     def _transaction_entry(
         self, principal: Principal, method: str, resource_type: str, resource_id: str,
         resource: dict[str, Any] | None, request: dict[str, Any], x_provenance: dict[str, Any] | None, index: int,
+        conditions: dict[str, int],
     ) -> tuple[EntryResult, list[dict[str, Any]]]:
         where = f"Bundle.entry[{index}]"
         if_match = _if_match(request)
@@ -120,6 +117,14 @@ class BundleService:
         if method == "POST" and request.get("ifNoneExist"):
             matches = self._conditional.matches_for_transaction(principal.tenant, resource_type,
                                                                 str(request["ifNoneExist"]))
+            # The same condition twice would make both entries create (or write the guard twice): the
+            # second create would break the condition the first one set, so the transaction is refused.
+            first = conditions.setdefault(matches.guard[0], index)
+            if first != index:
+                message = (f"Bundle.entry[{first}] and {where} both create a {resource_type} only if none matches "
+                           "the same search (ifNoneExist); a transaction may hold each condition once. Keep one "
+                           "entry and point references at its fullUrl.")
+                raise InvalidRequest(message, [Issue("invalid", message, f"{where}.request.ifNoneExist")])
             if matches.existing is not None:
                 return EntryResult(200, matches.existing), []
             guard = matches.guard

@@ -8,17 +8,17 @@ is appended. Clients may not claim the `enterer` role themselves: every enterer 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from esus.auth import Principal, reference_resource_type
 from esus.errors import InvalidRequest, Issue
 from esus.fhir import PROVENANCE, validate_resource
+from esus.limits import parse_json
 from esus.model import IndexEntry, Version
 from esus.search import provenance_index_values
 from esus.settings import Settings
-from esus.store import index_partition
+from esus.store import index_partition, unique_entries
 
 DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
@@ -109,10 +109,7 @@ def parse_x_provenance(header: str | None) -> dict[str, Any] | None:
         return None
     if len(header.encode()) > MAX_HEADER_BYTES:
         raise InvalidRequest("X-Provenance is too large", [Issue("too-long", "X-Provenance is too large")])
-    try:
-        body = json.loads(header)
-    except ValueError:
-        raise InvalidRequest("X-Provenance must be a JSON Provenance resource") from None
+    body = parse_json(header, "X-Provenance")
     if not isinstance(body, dict) or body.get("resourceType") != PROVENANCE:
         raise InvalidRequest("X-Provenance must be a JSON Provenance resource")
     if "target" in body:
@@ -178,18 +175,19 @@ def recorded_key(recorded: str) -> str:
     """`recorded` as a sortable UTC string (clients may send offsets or lower precision)."""
     try:
         moment = datetime.fromisoformat(recorded.replace("Z", "+00:00"))
-    except ValueError:
+        utc = moment.astimezone(UTC) if moment.tzinfo is not None else None
+    except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         raise InvalidRequest("Provenance.recorded must be a FHIR instant",
                              [Issue("invalid", "not an instant", "Provenance.recorded")]) from None
-    if moment.tzinfo is None:
+    if utc is None:
         raise InvalidRequest("Provenance.recorded needs a time zone",
                              [Issue("invalid", "instant without time zone", "Provenance.recorded")])
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def index_entries(tenant: str, provenance: dict[str, Any], sort_key: str) -> list[IndexEntry]:
     order = f"{sort_key}|{provenance['id']}"
-    return [
+    return unique_entries([
         IndexEntry(index_partition(tenant, PROVENANCE, param, value), order, provenance["id"])
         for param, value in sorted(provenance_index_values(provenance))
-    ]
+    ])

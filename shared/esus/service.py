@@ -3,7 +3,9 @@ every write is one conditional transaction on the version the writer expects."""
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -23,10 +25,12 @@ from esus.errors import (
     Issue,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     PreconditionFailed,
     Unprocessable,
 )
 from esus.fhir import PROVENANCE, RESOURCE_TYPES, now_instant, require_id, validate_resource
+from esus.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_PATCH_OPERATIONS, depth_exceeds
 from esus.model import IndexEntry, ResourceWrite, Version
 from esus.params import instant_param, last_value, page_size
 from esus.search import HASHED_PARAMS, hashed_index_values
@@ -39,9 +43,11 @@ from esus.store import (
     change_log_partition,
     change_log_sort,
     index_partition,
+    unique_entries,
 )
 
 T = TypeVar("T")
+VERSION_ID = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,7 @@ class ResourceService:
             _check_if_match(if_match, current, resource_type, resource_id)
             assert current.resource is not None
             try:
-                patched = patch.apply(current.resource)
+                patched = apply_bounded(current.resource, patch, MAX_BODY_BYTES)
             except jsonpatch.JsonPatchTestFailed as exc:
                 raise Unprocessable(f"JSON Patch test failed: {str(exc)[:200]}") from None
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
@@ -312,16 +318,17 @@ class ResourceService:
         return write, sort_key
 
     def index_entries(self, tenant: str, version: Version) -> list[IndexEntry]:
+        """One entry per index item: values whose truncated tokens collide share an item."""
         if version.resource is None:
             return []
-        return [
+        return unique_entries([
             IndexEntry(
                 index_partition(tenant, version.resource_type, param, self._blind.token(tenant, param, value)),
                 version.resource_id,
                 version.resource_id,
             )
             for param, value in sorted(hashed_index_values(version.resource_type, version.resource))
-        ]
+        ])
 
     def _commit(
         self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
@@ -348,7 +355,8 @@ def _check_generic(resource_type: str) -> None:
 
 
 def _is_version(vid: str) -> bool:
-    return vid.isdigit() and 0 < len(vid) <= 18 and int(vid) > 0
+    # ASCII digits only (str.isdigit() accepts '²', which int() rejects); 18 digits fit DynamoDB's number.
+    return VERSION_ID.fullmatch(vid) is not None and int(vid) > 0
 
 
 def _with_server_meta(body: Any, resource_id: str, version: int, last_updated: str) -> Any:
@@ -370,6 +378,9 @@ SERVER_OWNED_PATHS = ("/id", "/meta", "/resourceType")
 def _json_patch(operations: Any) -> jsonpatch.JsonPatch:
     if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
         raise InvalidRequest("A JSON Patch document is an array of operations")
+    if len(operations) > MAX_PATCH_OPERATIONS:
+        raise PayloadTooLarge(
+            f"A JSON Patch may hold at most {MAX_PATCH_OPERATIONS} operations; this one has {len(operations)}")
     for op in operations:
         for key in ("path", "from"):
             path = op.get(key)
@@ -379,6 +390,53 @@ def _json_patch(operations: Any) -> jsonpatch.JsonPatch:
         return jsonpatch.JsonPatch(operations)
     except (jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException, TypeError) as exc:
         raise InvalidRequest(f"Invalid JSON Patch: {str(exc)[:200]}") from None
+
+
+def apply_bounded(document: dict[str, Any], patch: jsonpatch.JsonPatch, max_bytes: int) -> Any:
+    """Apply a JSON Patch one operation at a time to a copy of `document`, refusing (413) BEFORE an
+    operation that could take the result past `max_bytes`: each `copy` of /x into /x/- doubles the
+    document, so a 1 KB patch would otherwise exhaust memory. `size` is an upper bound grown by what
+    each operation inserts; the document is measured again only when that bound reaches the limit."""
+    text = _json_text(document)
+    patched: Any = json.loads(text)  # a private copy, patched in place (the stored version stays intact)
+    size = len(text)
+    try:
+        for index, operation in enumerate(patch.patch):
+            grows = _inserted_size(patched, operation)
+            if size + grows > max_bytes:
+                size = len(_json_text(patched))
+                if size + grows > max_bytes:
+                    raise PayloadTooLarge(
+                        f"JSON Patch operation {index} ({str(operation.get('op'))[:10]}) would make the resource "
+                        f"larger than {max_bytes} bytes; nothing was stored"
+                    )
+            patched = jsonpatch.JsonPatch([operation]).apply(patched, in_place=True)
+            size += grows
+    except RecursionError:
+        raise Unprocessable(f"The patched resource would nest more than {MAX_JSON_DEPTH} levels deep") from None
+    if depth_exceeds(patched, MAX_JSON_DEPTH):
+        raise Unprocessable(f"The patched resource would nest more than {MAX_JSON_DEPTH} levels deep")
+    return patched
+
+
+def _json_text(value: Any) -> str:
+    # ASCII-escaped, so its length is at least the UTF-8 size of the same JSON.
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _inserted_size(document: Any, operation: dict[str, Any]) -> int:
+    """At most how many bytes `operation` adds to the serialized document."""
+    kind = operation.get("op")
+    if kind in ("add", "replace"):
+        inserted = operation.get("value")
+    elif kind == "copy":
+        try:
+            inserted = jsonpointer.resolve_pointer(document, str(operation.get("from")), None)
+        except jsonpointer.JsonPointerException:
+            return 0  # the operation itself reports the bad pointer
+    else:  # remove, move and test add no content
+        return len(str(operation.get("path"))) + 4
+    return len(_json_text(inserted)) + len(str(operation.get("path"))) + 4
 
 
 def same_content(stored: dict[str, Any], body: dict[str, Any]) -> bool:

@@ -34,6 +34,7 @@ TABLE_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 MAX_ITEM_BYTES = 380_000  # DynamoDB's limit is 400 KB; leave room for attribute names and index refs
 BATCH_GET_LIMIT = 100
+TRANSACTION_ITEM_LIMIT = 100  # DynamoDB TransactWriteItems
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -332,7 +333,10 @@ class Store:
         v = write.version
         pk = resource_key(write.tenant, v.resource_type, v.resource_id)
         attrs = self.encode_version(write.tenant, v)
-        new_refs = [e.ref for e in write.index_entries]
+        # One item per key: two values whose truncated tokens collide share one index item, and one
+        # transaction must not touch an item twice (DynamoDB rejects the whole call).
+        entries = unique_entries(write.index_entries)
+        new_refs = [e.ref for e in entries]
         current = _item({"pk": pk, **attrs, "idx": new_refs or None})
         put_current: dict[str, Any] = {
             "TableName": self._s.resources_table,
@@ -356,10 +360,10 @@ class Store:
             {"Put": {"TableName": self._s.history_table, "Item": history,
                      "ConditionExpression": "attribute_not_exists(pk)"}},
             self.provenance_put(write.tenant, write.provenance, recorded_key),
-            *(self.index_put(e) for e in write.provenance_index),
+            *(self.index_put(e) for e in unique_entries(write.provenance_index)),
             *(self.index_put(e) for e in write.change_log),
             *([self._guard_put(write)] if write.unique_guard else []),
-            *(self.index_put(e) for e in write.index_entries if e.ref not in old_refs),
+            *(self.index_put(e) for e in entries if e.ref not in old_refs),
             *(self.index_delete(ref) for ref in sorted(old_refs - set(new_refs))),
         ]
         return items
@@ -450,7 +454,16 @@ class Store:
         return True
 
     def transact(self, items: list[dict[str, Any]], token: str) -> None:
-        """One all-or-nothing TransactWriteItems. The token makes a retried call idempotent."""
+        """One all-or-nothing TransactWriteItems. The token makes a retried call idempotent.
+        Every write goes through here, so this is where a write too big for one transaction is refused."""
+        if len(items) > TRANSACTION_ITEM_LIMIT:
+            raise PayloadTooLarge(
+                f"This write needs {len(items)} DynamoDB items (each resource version writes its current and "
+                "history items, a Provenance, and one index item per searchable value such as each telecom, "
+                f"identifier or Provenance target); one atomic transaction holds at most {TRANSACTION_ITEM_LIMIT}. "
+                "Nothing was stored. Send fewer repeating values per resource, or split a transaction Bundle "
+                "into smaller transactions or a batch."
+            )
         try:
             self._ddb.transact_write_items(TransactItems=items, ClientRequestToken=token)
         except ClientError as exc:
@@ -469,6 +482,11 @@ class Store:
             if "TransactionConflict" in codes:
                 raise TransientConflict("TransactionConflict") from None
             raise
+
+
+def unique_entries(entries: Sequence[IndexEntry]) -> list[IndexEntry]:
+    """Index entries without repeats of the same item (partition + sort key), in their first order."""
+    return list({entry.ref: entry for entry in entries}.values())
 
 
 def _binary_map(value: Any) -> dict[str, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -11,8 +12,22 @@ from tests.conftest import RunningStack, new_tenant
 BIG_TEXT = "x" * 500_000
 
 
-def _cases(existing_id: str) -> list[tuple[str, str, str, dict[str, str], bytes, int, str]]:
+def _deep_extension(levels: int) -> dict[str, Any]:
+    extension: dict[str, Any] = {"url": "http://example.org/x", "valueString": "leaf"}
+    for _ in range(levels):
+        extension = {"url": "http://example.org/x", "extension": [extension]}
+    return extension
+
+
+def _cases(existing_id: str, base: str) -> list[tuple[str, str, str, dict[str, str], bytes, int, str]]:
     patient = json.dumps({"resourceType": "Patient", "id": existing_id}).encode()
+    nested = ("[" * 100_000 + "]" * 100_000).encode()
+    deep_bundle = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "request": {"method": "POST", "url": "Patient"},
+        "resource": {"resourceType": "Patient", "extension": [_deep_extension(150)]}}]}).encode()
+    conditional = {"request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|42"},
+                   "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "42"}]}}
+    twice = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [conditional, conditional]}).encode()
     return [
         # (name, method, path, headers, body, status, issue code)
         ("malformed json", "POST", "/Patient", {}, b'{"resourceType": "Patient",', 400, "invalid"),
@@ -54,6 +69,24 @@ def _cases(existing_id: str) -> list[tuple[str, str, str, dict[str, str], bytes,
         ("unknown route", "GET", "/Patient/1/_history/1/extra", {}, b"", 404, "not-found"),
         ("unsupported method", "POST", f"/Patient/{existing_id}", {}, patient, 404, "not-found"),
         ("patch without json-patch", "PATCH", f"/Patient/{existing_id}", {}, b"[]", 415, "not-supported"),
+        # Issue 10, finding 10: each of these was a 500.
+        ("superscript _count", "GET", "/Patient?phone=1&_count=%C2%B2", {}, b"", 400, "invalid"),
+        ("5,000-digit _count", "GET", "/Patient?phone=1&_count=" + "9" * 5000, {}, b"", 400, "invalid"),
+        ("_since before year 1 in UTC", "GET", f"/Patient/{existing_id}/_history?_since=0001-01-01T00:00:00%2B01:00",
+         {}, b"", 400, "invalid"),
+        ("_at after year 9999 in UTC", "GET", "/_history?_at=9999-12-31T23:59:59-01:00", {}, b"", 400, "invalid"),
+        ("JSON nested 100,000 deep", "POST", "/Patient", {}, nested, 400, "too-long"),
+        ("JSON nested 100,000 deep in a Bundle", "POST", base, {}, nested, 400, "too-long"),
+        ("resource nested 300 deep in a Bundle", "POST", base, {}, deep_bundle, 400, "too-long"),
+        ("X-Provenance nested 5,000 deep", "POST", "/Patient", {"X-Provenance": "[" * 5000 + "]" * 5000},
+         b'{"resourceType": "Patient"}', 400, "too-long"),
+        ("the same ifNoneExist twice in a transaction", "POST", base, {}, twice, 400, "invalid"),
+        # The same sweep: already 4xx, kept so they stay so.
+        ("19-digit if-match", "PUT", f"/Patient/{existing_id}", {"If-Match": 'W/"' + "9" * 19 + '"'}, patient, 400,
+         "invalid"),
+        ("_since garbage", "GET", f"/Patient/{existing_id}/_history?_since=yesterday", {}, b"", 400, "invalid"),
+        ("18-digit vread", "GET", f"/Patient/{existing_id}/_history/" + "9" * 18, {}, b"", 404, "not-found"),
+        ("5,000-digit vread", "GET", f"/Patient/{existing_id}/_history/" + "9" * 5000, {}, b"", 404, "not-found"),
     ]
 
 
@@ -63,7 +96,7 @@ def test_bad_input_table(stack: RunningStack) -> None:
         existing = client.post("/Patient", json={"resourceType": "Patient", "active": True}).json()["id"]
         before = {k: len(v) for k, v in stack.tenant_items(tenant).items()}
         failures = []
-        for name, method, path, headers, body, status, code in _cases(existing):
+        for name, method, path, headers, body, status, code in _cases(existing, stack.base_url):
             response = client.request(method, path, headers=headers, content=body)
             problem = None
             if response.status_code != status:
