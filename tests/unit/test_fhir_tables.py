@@ -99,6 +99,12 @@ def test_validate_resource_refuses_codes_outside_required_bindings() -> None:
         validate_resource("Observation", {"resourceType": "Observation", "status": "not-a-status",
                                           "code": {"text": "x"}})
     assert validate_resource("Patient", {"resourceType": "Patient", "gender": "female"})
+    provenance = {"resourceType": "Provenance", "recorded": "2024-01-01T00:00:00Z",
+                  "target": [{"reference": "Patient/1"}], "agent": [{"who": {"reference": "Organization/1"}}],
+                  "entity": [{"role": "borrowed", "what": {"reference": "Patient/2"}}]}
+    with pytest.raises(InvalidRequest) as raised:
+        validate_resource("Provenance", provenance)
+    assert [i.expression for i in raised.value.issues] == ["Provenance.entity[0].role"]
 
 
 def test_bundles_stored_as_resources_are_documents_messages_or_collections() -> None:
