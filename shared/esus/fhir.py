@@ -9,20 +9,19 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from esus.bindings import code_issues
 from esus.errors import InvalidRequest, Issue, NotFound
+from esus.fhir_types import RESOURCE_TYPES as RESOURCE_TYPES
 
 PROVENANCE = "Provenance"
 
-# Types served by the generic resource routes. Provenance is special-cased (own table, immutable).
-RESOURCE_TYPES: frozenset[str] = frozenset(
-    {
-        "Patient", "Practitioner", "PractitionerRole", "Organization", "Location",
-        "Observation", "DiagnosticReport", "DocumentReference", "Encounter", "Condition",
-        "Procedure", "Immunization", "MedicationRequest", "AllergyIntolerance", "CarePlan", "Goal",
-        "Claim", "ExplanationOfBenefit",
-    }
-)
+# RESOURCE_TYPES (generated from the R4 schema, see esus.fhir_types) are served by the generic resource routes.
+# Provenance is special-cased (own table, immutable).
 SUPPORTED_TYPES: frozenset[str] = RESOURCE_TYPES | {PROVENANCE}
+
+# A Bundle stored as a resource holds a document, a message or a collection; the other types are interactions
+# (transaction, batch) or server responses (searchset, history, *-response).
+STORED_BUNDLE_TYPES = ("document", "message", "collection")
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 REFERENCE_PATTERN = re.compile(
@@ -62,6 +61,16 @@ def validate_resource(resource_type: str, body: Any) -> dict[str, Any]:
         ) from None
     except (ValueError, TypeError) as exc:  # some fhir.resources validators raise plain errors
         raise InvalidRequest(f"The {resource_type} is not valid FHIR R4: {str(exc)[:200]}") from None
+    issues = code_issues(resource_type, body)
+    if issues:
+        raise InvalidRequest(
+            f"The {resource_type} has {len(issues)} code(s) outside their required value set: {issues[0].diagnostics}",
+            issues,
+        )
+    if resource_type == "Bundle" and body.get("type") not in STORED_BUNDLE_TYPES:
+        message = (f"A Bundle of type '{str(body.get('type'))[:32]}' is not stored; a transaction or batch is "
+                   f"POSTed to the base URL. Stored Bundle types: {', '.join(STORED_BUNDLE_TYPES)}")
+        raise InvalidRequest(message, [Issue("invalid", message, "Bundle.type")])
     return body
 
 

@@ -359,20 +359,32 @@ def _is_version(vid: str) -> bool:
     return VERSION_ID.fullmatch(vid) is not None and int(vid) > 0
 
 
+SERVER_META = ("versionId", "lastUpdated")
+
+
 def _with_server_meta(body: Any, resource_id: str, version: int, last_updated: str) -> Any:
-    """Client id/meta are ignored: the server owns identity and versioning (no mass assignment)."""
+    """The server owns identity and versioning (no mass assignment): the client's id, meta.versionId and
+    meta.lastUpdated are replaced. The rest of the client's meta (profile, security, tag, source) is content
+    of the version: stored, versioned and returned as sent."""
     if not isinstance(body, dict):
         return body
-    resource = {k: v for k, v in body.items() if k not in ("id", "meta")}
+    client_meta = body.get("meta")
+    meta: Any = {"versionId": str(version), "lastUpdated": last_updated}
+    if isinstance(client_meta, dict):
+        meta.update((k, v) for k, v in client_meta.items() if k not in SERVER_META)
+    elif client_meta is not None:
+        meta = client_meta  # not an object: validation rejects it with its path
     return {
         "resourceType": body.get("resourceType"),
         "id": resource_id,
-        "meta": {"versionId": str(version), "lastUpdated": last_updated},
-        **{k: v for k, v in resource.items() if k != "resourceType"},
+        "meta": meta,
+        **{k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")},
     }
 
 
-SERVER_OWNED_PATHS = ("/id", "/meta", "/resourceType")
+# JSON Patch may change meta's labels (/meta/tag/-, /meta/security/0, ...) but not identity and versioning.
+SERVER_OWNED_PATHS = ("/id", "/resourceType", "/meta/versionId", "/meta/lastUpdated")
+SERVER_OWNED_EXACT = ("/meta",)
 
 
 def _json_patch(operations: Any) -> jsonpatch.JsonPatch:
@@ -384,8 +396,10 @@ def _json_patch(operations: Any) -> jsonpatch.JsonPatch:
     for op in operations:
         for key in ("path", "from"):
             path = op.get(key)
-            if isinstance(path, str) and any(path == p or path.startswith(f"{p}/") for p in SERVER_OWNED_PATHS):
-                raise InvalidRequest(f"JSON Patch must not change {path}: id, meta and resourceType are the server's")
+            if isinstance(path, str) and (path in SERVER_OWNED_EXACT or any(
+                    path == p or path.startswith(f"{p}/") for p in SERVER_OWNED_PATHS)):
+                raise InvalidRequest(f"JSON Patch must not change {path}: id, resourceType, meta.versionId and "
+                                     "meta.lastUpdated are the server's")
     try:
         return jsonpatch.JsonPatch(operations)
     except (jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException, TypeError) as exc:
@@ -440,9 +454,18 @@ def _inserted_size(document: Any, operation: dict[str, Any]) -> int:
 
 
 def same_content(stored: dict[str, Any], body: dict[str, Any]) -> bool:
-    """Equal apart from server-owned id/meta: re-sending a resource (an import re-run) changes nothing."""
-    return {k: v for k, v in stored.items() if k not in ("id", "meta")} == {
-        k: v for k, v in body.items() if k not in ("id", "meta")}
+    """Equal apart from server-owned id/meta.versionId/meta.lastUpdated: re-sending a resource (an import
+    re-run) changes nothing, while a changed tag, security label, profile or source is a new version."""
+    return _content(stored) == _content(body)
+
+
+def _content(resource: dict[str, Any]) -> dict[str, Any]:
+    content = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    meta = resource.get("meta")
+    client_meta = {k: v for k, v in meta.items() if k not in SERVER_META} if isinstance(meta, dict) else meta
+    if client_meta or not isinstance(client_meta, dict | None):  # an empty meta equals none; a bad one never
+        content["meta"] = client_meta
+    return content
 
 
 def _check_if_match(if_match: int | None, current: Version | None, resource_type: str, resource_id: str) -> None:

@@ -27,7 +27,7 @@ def test_create_assigns_identity_and_headers(stack: RunningStack) -> None:
     assert response.status_code == 201
     created = response.json()
     assert UUID.match(created["id"]) and created["id"] != "client-chosen"
-    assert created["meta"]["versionId"] == "1" and "security" not in created["meta"]
+    assert created["meta"]["versionId"] == "1" and created["meta"]["security"] == body["meta"]["security"]
     assert response.headers["ETag"] == 'W/"1"'
     assert response.headers["Location"] == f"{stack.base_url}/Patient/{created['id']}/_history/1"
     assert response.headers["Content-Type"].startswith("application/fhir+json")

@@ -1,4 +1,5 @@
-"""The official FHIR R4 examples round-trip: create, read back equal apart from id/meta."""
+"""The official FHIR R4 examples round-trip: create, read back equal apart from id and the server's
+meta.versionId/meta.lastUpdated (their tags, security labels, profiles and source are kept)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from tests.conftest import EXAMPLES, RunningStack, new_tenant, strip_server_fiel
 EXAMPLE_FILES = sorted(p for p in EXAMPLES.glob("*.json") if not p.name.startswith("Provenance-"))
 # Its base64 image makes it ~750 KB encoded: over DynamoDB's 400 KB item limit, so it must get a clear 413.
 TOO_LARGE_FOR_ONE_ITEM = {"DiagnosticReport-gingival-mass.json"}
+
+
+def _client_meta(resource: dict) -> dict:
+    return {k: v for k, v in resource.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
 
 
 @pytest.mark.skipif(not EXAMPLE_FILES, reason="../shared/fhir-examples/r4 is not next to the repo")
@@ -30,6 +35,8 @@ def test_every_official_example_round_trips(stack: RunningStack) -> None:
             read = client.get(f"/{example['resourceType']}/{created.json()['id']}").json()
             if strip_server_fields(read) != strip_server_fields(example):
                 failures.append(f"{path.name}: read back differs")
+            if _client_meta(read) != _client_meta(example):
+                failures.append(f"{path.name}: meta differs: {read.get('meta')} vs {example.get('meta')}")
             if [k for k in read if k not in ("id", "meta")] != [k for k in example if k not in ("id", "meta")]:
                 failures.append(f"{path.name}: element order changed")
     assert len(EXAMPLE_FILES) > 100

@@ -1,0 +1,123 @@
+"""The generated FHIR tables (esus.fhir_types, fhir_bindings.json) are current, the served types are the R4
+types the R4B models can validate, and required bindings are enforced at every depth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from esus.bindings import allowed_codes, code_issues
+from esus.errors import InvalidRequest
+from esus.fhir import RESOURCE_TYPES, SUPPORTED_TYPES, validate_resource
+from esus.fhir_types import NOT_GENERIC, WITHOUT_R4B_MODEL
+from esus_dev import gen_fhir_tables as gen
+from tests.conftest import EXAMPLES, SYNTHEA
+
+if not gen.SCHEMA.exists():
+    pytest.skip("../shared/fhir-spec/r4/fhir.schema.json is not next to the repo", allow_module_level=True)
+
+# Elements Medplum's build of the schema adds to R4 types (from R5, or its own); no R4 client sends them.
+SCHEMA_EXTRAS = {("DeviceDefinition", "classification"), ("HealthcareService", "offeredIn"),
+                 ("ObservationDefinition", "publisher"), ("OperationOutcome", "resource"),
+                 ("OperationOutcome", "status")}
+
+
+def test_committed_tables_are_current() -> None:
+    types_text, bindings_text = gen.render(gen.load_schema())
+    assert gen.TYPES_MODULE.read_text(encoding="utf-8") == types_text, "run python -m esus_dev.gen_fhir_tables"
+    assert gen.BINDINGS_JSON.read_text(encoding="utf-8") == bindings_text, "run python -m esus_dev.gen_fhir_tables"
+
+
+def test_every_schema_type_is_served_or_explained() -> None:
+    schema_types = set(gen.schema_resource_types(gen.load_schema()))
+    assert RESOURCE_TYPES | WITHOUT_R4B_MODEL | set(NOT_GENERIC) == schema_types
+    assert not RESOURCE_TYPES & (WITHOUT_R4B_MODEL | set(NOT_GENERIC))
+    assert len(RESOURCE_TYPES) == 123
+    assert {"ServiceRequest", "Coverage", "Device", "ImagingStudy", "MedicationAdministration", "Medication",
+            "CareTeam", "QuestionnaireResponse", "Consent", "Task", "RelatedPerson", "Specimen", "Flag",
+            "SupplyDelivery", "PractitionerRole", "Location"} <= RESOURCE_TYPES
+
+
+def test_only_the_types_redesigned_in_r4b_differ_from_r4() -> None:
+    """An R4 element the R4B model does not know would be refused: only Evidence/EvidenceVariable have such."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    definitions = gen.load_schema()["definitions"]
+    differing = {}
+    for resource_type in sorted(SUPPORTED_TYPES | {"Evidence", "EvidenceVariable"}):
+        known = {f.alias or n for n, f in get_fhir_model_class(resource_type).model_fields.items()}
+        r4 = {e for e in definitions[resource_type]["properties"] if e != "resourceType"}
+        unknown = {e for e in r4 - known if (resource_type, e) not in SCHEMA_EXTRAS}
+        if unknown:
+            differing[resource_type] = unknown
+    assert set(differing) == {"Evidence", "EvidenceVariable"}
+    assert {t for t, why in NOT_GENERIC.items() if why.startswith("redesigned in R4B")} == set(differing)
+
+
+def test_bindings_cover_nested_datatypes_and_backbones() -> None:
+    assert allowed_codes("Patient", "gender") == ("male", "female", "other", "unknown")
+    assert allowed_codes("ContactPoint", "system") == ("phone", "fax", "email", "pager", "url", "sms", "other")
+    assert allowed_codes("HumanName", "use") is not None and allowed_codes("Address", "use") is not None
+    assert allowed_codes("Patient_Contact", "gender") == allowed_codes("Patient", "gender")
+    assert allowed_codes("Observation_ReferenceRange", "type") is None  # a CodeableConcept, not a code
+    assert allowed_codes("Quantity", "comparator") == ("<", "<=", ">=", ">")
+    assert allowed_codes("Patient", "name") is None
+
+
+def test_code_issues_name_the_path_and_the_allowed_codes() -> None:
+    patient = {"resourceType": "Patient", "gender": "banana",
+               "contact": [{"gender": "female"}, {"gender": "x", "telecom": [{"system": "pigeon"}]}],
+               "name": [{"use": "nickname"}, {"use": "alias"}],
+               "_birthDate": {"extension": [{"url": "u", "valueContactPoint": {"system": "fax"}},
+                                            {"url": "u", "valueHumanName": {"use": "maiden-ish"}}]},
+               "contained": [{"resourceType": "Observation", "status": "not-a-status", "code": {"text": "x"}}]}
+    issues = {i.expression: i.diagnostics for i in code_issues("Patient", patient)}
+    assert set(issues) == {"Patient.gender", "Patient.contact[1].gender", "Patient.contact[1].telecom[0].system",
+                           "Patient.name[1].use", "Patient._birthDate.extension[1].valueHumanName.use",
+                           "Patient.contained[0].status"}
+    assert "'banana'" in issues["Patient.gender"] and "male, female, other, unknown" in issues["Patient.gender"]
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                   "component": [{"code": {"text": "c"}, "valueQuantity": {"value": 1, "comparator": "~"},
+                                  "referenceRange": [{"low": {"value": 1, "comparator": "<"}},
+                                                     {"high": {"value": 2, "comparator": "about"}}]}]}
+    assert [i.expression for i in code_issues("Observation", observation)] == [
+        "Observation.component[0].valueQuantity.comparator",
+        "Observation.component[0].referenceRange[1].high.comparator",
+    ]
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": {"resourceType": "Patient", "gender": "banana"}}]}
+    assert [i.expression for i in code_issues("Bundle", bundle)] == ["Bundle.entry[0].resource.gender"]
+
+
+def test_validate_resource_refuses_codes_outside_required_bindings() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        validate_resource("Patient", {"resourceType": "Patient", "gender": "banana"})
+    assert [(i.code, i.expression) for i in raised.value.issues] == [("code-invalid", "Patient.gender")]
+    assert "male, female, other, unknown" in raised.value.diagnostics
+    with pytest.raises(InvalidRequest):
+        validate_resource("Observation", {"resourceType": "Observation", "status": "not-a-status",
+                                          "code": {"text": "x"}})
+    assert validate_resource("Patient", {"resourceType": "Patient", "gender": "female"})
+    provenance = {"resourceType": "Provenance", "recorded": "2024-01-01T00:00:00Z",
+                  "target": [{"reference": "Patient/1"}], "agent": [{"who": {"reference": "Organization/1"}}],
+                  "entity": [{"role": "borrowed", "what": {"reference": "Patient/2"}}]}
+    with pytest.raises(InvalidRequest) as raised:
+        validate_resource("Provenance", provenance)
+    assert [i.expression for i in raised.value.issues] == ["Provenance.entity[0].role"]
+
+
+def test_bundles_stored_as_resources_are_documents_messages_or_collections() -> None:
+    for kind in ("transaction", "batch", "searchset", "history", "transaction-response"):
+        with pytest.raises(InvalidRequest, match="not stored"):
+            validate_resource("Bundle", {"resourceType": "Bundle", "type": kind})
+    assert validate_resource("Bundle", {"resourceType": "Bundle", "type": "collection"})
+
+
+def test_every_official_example_and_synthea_resource_holds_valid_codes() -> None:
+    resources = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(EXAMPLES.glob("*.json"))]
+    for path in sorted(SYNTHEA.glob("*.json")):
+        resources += [e["resource"] for e in json.loads(path.read_text(encoding="utf-8")).get("entry", [])]
+    assert len(resources) > 1000
+    bad = {f"{r['resourceType']}/{r.get('id')}": code_issues(r["resourceType"], r) for r in resources}
+    assert {k: v for k, v in bad.items() if v} == {}
