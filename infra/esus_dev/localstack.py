@@ -16,7 +16,6 @@ import os
 import re
 import threading
 import time
-import types
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 
 from esus.crypto import RootKeys
+from esus_dev import moto_patches
 from esus_dev.devkeys import LOCAL_AUDIENCE, LOCAL_ISSUER, public_key_pem
 from esus_dev.template import Route, TemplateModel, load_template, resolve
 
@@ -41,77 +41,10 @@ def _locked(app: Callable[..., Iterable[bytes]], lock: threading.Lock) -> Callab
     def wrapper(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         with lock:
             body = [b"".join(app(environ, start_response))]
-            _forget_tracked_instances()
+            moto_patches.forget_tracked_instances()
             return body
 
     return wrapper
-
-
-def _install_item_level_transaction_rollback() -> None:
-    """moto backs up every table a TransactWriteItems names with copy.deepcopy, once per item, so a
-    stack holding a few thousand resources spends seconds and gigabytes per write. Instead, snapshot
-    only the items the transaction touches and restore them if it is cancelled; the result is the same
-    all-or-nothing behaviour (tests/e2e/test_concurrency.py proves the rollback)."""
-    from moto.dynamodb import models
-    from moto.dynamodb.models.dynamo_type import DynamoType
-    from moto.dynamodb.models.table import Table
-
-    original = models.DynamoDBBackend.transact_write_items
-    if getattr(original, "esus_item_level", False):
-        return
-    real_copy = models.copy
-    keep_tables = types.SimpleNamespace(
-        deepcopy=lambda value, *args: value if isinstance(value, Table) else real_copy.deepcopy(value, *args))
-
-    def touched(backend: Any, transact_items: list[dict[str, Any]]) -> list[tuple[Any, Any, Any, Any]]:
-        saved = []
-        for entry in transact_items:
-            op = next(iter(entry.values()))
-            table = backend.tables.get(op.get("TableName"))
-            key = op.get("Key") or op.get("Item") or {}
-            if table is None or table.hash_key_attr not in key:
-                continue
-            hash_value = DynamoType(key[table.hash_key_attr])
-            range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr in key else None
-            if range_value is None:
-                current = table.items.get(hash_value)
-            else:
-                current = table.items.get(hash_value, {}).get(range_value)
-            saved.append((table, hash_value, range_value, real_copy.deepcopy(current)))
-        return saved
-
-    def restore(saved: list[tuple[Any, Any, Any, Any]]) -> None:
-        for table, hash_value, range_value, item in reversed(saved):
-            container = table.items if range_value is None else table.items[hash_value]
-            slot = hash_value if range_value is None else range_value
-            if item is None:
-                container.pop(slot, None)
-            else:
-                container[slot] = item
-
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        saved = touched(self, transact_items)
-        models.copy = keep_tables  # type: ignore[assignment]
-        try:
-            original(self, transact_items)
-        except Exception:
-            restore(saved)
-            raise
-        finally:
-            models.copy = real_copy
-
-    transact_write_items.esus_item_level = True  # type: ignore[attr-defined]
-    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-
-
-def _forget_tracked_instances() -> None:
-    """moto remembers every model object it ever created (for resets between tests): a server that
-    lives for hours would keep every overwritten item. Nothing here needs that list."""
-    from moto.core.model_instances import model_data
-
-    for models in model_data.values():
-        for model in models.values():
-            model.instances_tracked.clear()
 
 
 class EmbeddedMoto:
@@ -121,7 +54,7 @@ class EmbeddedMoto:
         from moto.server import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
-        _install_item_level_transaction_rollback()
+        moto_patches.install()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.lock = threading.Lock()
         app = _locked(DomainDispatcherApplication(create_backend_app), self.lock)
