@@ -26,7 +26,6 @@ timing must not be flattered by modules the parent already loaded.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -679,8 +678,7 @@ def run_cold_child(stack: LocalStack, function: str, event: dict[str, Any], work
                "--event", str(event_file)]
     if function != BARE:
         spec = next(s for s in stack.template.functions() if s.logical_id == function)
-        module_name, handler_name = spec.handler.split(".", 1)
-        command += ["--module", str(REPO / spec.code_uri / f"{module_name}.py"), "--handler", handler_name]
+        command += ["--code-dir", str(REPO / spec.code_uri), "--handler", spec.handler]
     started = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, env=cold_environment(workdir),  # noqa: S603
                                cwd=REPO, timeout=120, check=False)
@@ -742,17 +740,6 @@ def cold_phase(client: Client, report: Report, repeats: int) -> None:
         ))
 
 
-class _ColdContext:
-    function_name = "bench-cold"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:bench-cold"
-    aws_request_id = "00000000-0000-4000-8000-000000000000"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 10_000
-
-
 def bare_handler() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
     """The baseline: a Powertools REST resolver whose one route makes one GetItem (client built lazily,
     on first request, as the product does)."""
@@ -775,24 +762,22 @@ def bare_handler() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
     return handler
 
 
-def cold_child(function: str, event_file: str, module_path: str | None, handler_name: str | None) -> None:
+def cold_child(function: str, event_file: str, code_dir: str | None, handler_setting: str | None) -> None:
     """Runs in the fresh subprocess: import (timed), then the first request (timed, AWS calls counted)."""
+    from esus_dev.lambda_runtime import LambdaContext, load_handler  # stdlib only
+
     event = json.loads(Path(event_file).read_text())
     started = time.perf_counter()
     if function == BARE:
         handler = bare_handler()
     else:
-        assert module_path and handler_name
-        spec = importlib.util.spec_from_file_location(f"esus_fn_{function}", module_path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        handler = getattr(module, handler_name)
+        assert code_dir and handler_setting
+        handler = load_handler(Path(code_dir), handler_setting, f"esus_fn_{function}")
     imported = time.perf_counter()
     recorder = install_default_session_recorder()  # boto3 is imported by now; no client exists yet
     before_request = time.perf_counter()
     try:
-        response = handler(event, _ColdContext())
+        response = handler(event, LambdaContext("bench-cold"))
         status = int(response.get("statusCode", 200)) if isinstance(response, dict) else 200
     except Exception as exc:  # the authorizer raises "Unauthorized" by contract
         status = 401 if str(exc) == "Unauthorized" else 500
@@ -1109,7 +1094,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--write", metavar="PATH", help="also write the report (markdown) to PATH")
     parser.add_argument("--cold-child", help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)
-    parser.add_argument("--module", help=argparse.SUPPRESS)
+    parser.add_argument("--code-dir", help=argparse.SUPPRESS)
     parser.add_argument("--handler", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.warmup = max(1, args.warmup)
@@ -1121,7 +1106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.cold_child:
-        cold_child(args.cold_child, args.event, args.module, args.handler)
+        cold_child(args.cold_child, args.event, args.code_dir, args.handler)
         return
     text = render(run(args))
     print(text)

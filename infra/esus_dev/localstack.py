@@ -10,12 +10,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
 import threading
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
@@ -31,6 +29,7 @@ import boto3
 from esus.crypto import RootKeys
 from esus_dev import moto_patches
 from esus_dev.devkeys import LOCAL_AUDIENCE, LOCAL_ISSUER, public_key_pem
+from esus_dev.lambda_runtime import LambdaContext, load_module
 from esus_dev.template import Route, TemplateModel, load_template, resolve
 
 MAX_API_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own limit
@@ -67,19 +66,6 @@ class EmbeddedMoto:
 
     def stop(self) -> None:
         self._server.shutdown()
-
-
-class LambdaContext:
-    def __init__(self, name: str) -> None:
-        self.function_name = name
-        self.function_version = "$LATEST"
-        self.memory_limit_in_mb = 512
-        self.invoked_function_arn = f"arn:aws:lambda:{LOCAL_REGION}:000000000000:function:{name}"
-        self.aws_request_id = str(uuid.uuid4())
-        self._deadline = time.monotonic() + 10
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 @dataclass
@@ -167,19 +153,14 @@ class LocalStack:
     def module(self, logical_id: str) -> ModuleType:
         if logical_id not in self._modules:
             spec = next(s for s in self.template.functions() if s.logical_id == logical_id)
-            module_name, _ = spec.handler.split(".", 1)
-            path = self.repo / spec.code_uri / f"{module_name}.py"
-            loader_spec = importlib.util.spec_from_file_location(f"esus_fn_{logical_id}", path)
-            assert loader_spec and loader_spec.loader
-            module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
-            self._modules[logical_id] = module
+            path, _ = spec.handler_path(self.repo)
+            self._modules[logical_id] = load_module(path, f"esus_fn_{logical_id}")
         return self._modules[logical_id]
 
     def invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
         spec = next(s for s in self.template.functions() if s.logical_id == logical_id)
         function = getattr(self.module(logical_id), spec.handler.split(".", 1)[1])
-        return function(event, LambdaContext(logical_id))
+        return function(event, LambdaContext(logical_id, region=LOCAL_REGION))
 
     def start(self) -> None:
         self.start_aws()

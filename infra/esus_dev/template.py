@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from esus_dev.lambda_runtime import handler_path
+
 
 class _CfnLoader(yaml.SafeLoader):
     """YAML loader that understands CloudFormation short-form tags (!Ref, !GetAtt, !Sub, ...)."""
@@ -60,6 +62,10 @@ class FunctionSpec:
     code_uri: str
     handler: str
     environment: dict[str, Any] = field(default_factory=dict)
+
+    def handler_path(self, repo: Path) -> tuple[Path, str]:
+        """(module file, function name) of this function's handler in a checkout at `repo`."""
+        return handler_path(repo / self.code_uri, self.handler)
 
 
 @dataclass
