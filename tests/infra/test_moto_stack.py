@@ -396,11 +396,13 @@ def test_iam_allows_exactly_the_calls_the_handler_makes(
     granted = _granted(moto_stack, logical_id)
     denied = {c for c in observed if not any(fnmatch.fnmatchcase(c[1], r) and c[0] == a for a, r in granted)}
     assert not denied, (
-        f"{logical_id} makes calls its IAM policy would deny (grant them in template.yaml): {sorted(denied)}")
+        f"{logical_id} makes calls its IAM policy would deny (grant them in infra/esus_dev/routes.py, then "
+        f"`make template`): {sorted(denied)}")
     unused = granted - observed
     assert not unused, (
         f"{logical_id} is granted more than its handler uses (least privilege): {sorted(unused)}; drop them from "
-        "template.yaml, or exercise the path that needs them in the `exercised` fixture")
+        "infra/esus_dev/routes.py (then `make template`), or exercise the path that needs them in the `exercised` "
+        "fixture")
 
 
 def test_read_only_functions_make_no_writes(exercised: Deployed) -> None:

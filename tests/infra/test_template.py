@@ -71,6 +71,41 @@ def test_lint_detects_a_broken_template(tmp_path: Path) -> None:
     assert {"E1020", "W8001"} & ids, ids
 
 
+# ---------- the generated block ----------
+def test_template_is_current_with_the_route_table() -> None:
+    from esus_dev.template_gen import render
+
+    text = TEMPLATE.read_text(encoding="utf-8")
+    assert render(text) == text, "template.yaml is not current with infra/esus_dev/routes.py: run `make template`"
+
+
+def test_every_function_comes_from_the_route_table(raw_template: dict[str, Any]) -> None:
+    from esus_dev.routes import FUNCTIONS
+
+    assert set(of_type(raw_template, "AWS::Serverless::Function")) == {f.logical_id for f in FUNCTIONS}
+    assert len({f.logical_id for f in FUNCTIONS}) == len(FUNCTIONS)
+
+
+def test_a_table_change_changes_the_template() -> None:
+    """The current-check can fail: a grant dropped from the table, or an environment value the local stack could
+    not resolve, shows up when the block is rendered."""
+    import dataclasses
+
+    from esus_dev.routes import FUNCTIONS
+    from esus_dev.template_gen import render
+
+    text = TEMPLATE.read_text(encoding="utf-8")
+    read = next(f for f in FUNCTIONS if f.name == "Read")
+    narrowed = dataclasses.replace(read, grants=read.grants[:1])
+    changed = render(text, [narrowed if f is read else f for f in FUNCTIONS])
+    assert changed != text and "ReadProvenance" in text and changed.count("ReadProvenance") == text.count(
+        "ReadProvenance") - 1
+    with pytest.raises(ValueError, match="plain strings or '!Ref Name'"):
+        render(text, [dataclasses.replace(read, env={"ESUS_X": "!GetAtt DataKey.Arn"})])
+    with pytest.raises(ValueError, match="exactly one generated block"):
+        render(text.replace("# <<<<<<<<<< end of the generated block", "# the end"))
+
+
 # ---------- parameters and outputs ----------
 def test_parameters_and_outputs(raw_template: dict[str, Any]) -> None:
     parameters = raw_template["Parameters"]
