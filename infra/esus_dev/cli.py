@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from esus_dev.devkeys import dev_dir, mint_token
 
@@ -64,7 +64,7 @@ def _target(args: argparse.Namespace) -> tuple[Any, Any]:
     return settings, state["aws_endpoint"]
 
 
-def _client(service: str, endpoint: str | None) -> Any:
+def _client(service: Literal["dynamodb", "secretsmanager"], endpoint: str | None) -> Any:
     import boto3
 
     return boto3.client(service, endpoint_url=endpoint) if endpoint else boto3.client(service)

@@ -50,7 +50,7 @@ class EmbeddedMoto:
     """moto's server on 127.0.0.1, one request at a time."""
 
     def __init__(self) -> None:
-        from moto.server import DomainDispatcherApplication, create_backend_app
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
         moto_patches.install()

@@ -85,7 +85,7 @@ def install_item_level_transaction_rollback() -> None:
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
         saved = touched(self, transact_items)
-        models.copy = keep_tables  # type: ignore[attr-defined]
+        models.copy = keep_tables  # type: ignore[attr-defined,assignment]
         try:
             original(self, transact_items)
         except Exception:
