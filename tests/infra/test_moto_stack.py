@@ -21,15 +21,11 @@ import pytest
 from esus_dev.lambda_runtime import LambdaContext, load_handler
 from esus_dev.template import TemplateModel
 from tests.conftest import REPO
-from tests.infra.conftest import NOT_CREATED_BY_MOTO, REGION, MotoStack, load_raw_template, of_type
+from tests.infra.conftest import NOT_CREATED_BY_MOTO, READ_ONLY_FUNCTIONS, REGION, MotoStack, load_raw_template, of_type
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
 FUNCTIONS = sorted(k for k, v in load_raw_template()["Resources"].items() if v["Type"] == "AWS::Serverless::Function")
-# Everything else (create, update, patch, delete and the conditional ones) writes.
-READ_ONLY_FUNCTIONS = ("ReadFunction", "VreadFunction", "HistoryFunction", "TypeHistoryFunction",
-                       "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "OpenApiFunction",
-                       "AuthorizerFunction")
 
 
 def test_every_resource_is_created_except_the_documented_types(moto_stack: MotoStack) -> None:

@@ -14,12 +14,9 @@ import pytest
 from esus_dev.lambda_runtime import load_handler
 from esus_dev.template import TemplateModel
 from tests.conftest import REPO
-from tests.infra.conftest import TEMPLATE, of_type
+from tests.infra.conftest import READ_ONLY_FUNCTIONS, TEMPLATE, of_type
 
 LINT_REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-2", "ca-central-1"]
-READ_ONLY_FUNCTIONS = ("ReadFunction", "VreadFunction", "HistoryFunction", "TypeHistoryFunction",
-                       "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "OpenApiFunction",
-                       "AuthorizerFunction")
 WRITE_VERBS = ("Put", "Update", "Delete", "BatchWrite", "TransactWrite", "PartiQLInsert", "PartiQLUpdate",
                "PartiQLDelete", "Create", "Restore", "Import", "Tag", "Untag", "Rotate", "Cancel", "Encrypt",
                "GenerateDataKey", "ReEncrypt", "Schedule", "Replicate", "Stop", "Remove", "Validate", "Enable",
