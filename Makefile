@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 export HOST PORT
 
-.PHONY: setup run test lint typecheck unit bench clean
+.PHONY: setup run test lint typecheck unit bench template clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ typecheck: setup
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# template.yaml's per-function block, from the route table in infra/esus_dev/routes.py.
+template: setup
+	$(BIN)/python -m esus_dev.template_gen
 
 bench: setup
 	$(BIN)/python -m esus_dev.bench

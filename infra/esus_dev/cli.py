@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from esus_dev import stackstate
 from esus_dev.devkeys import dev_dir, mint_token
@@ -98,7 +98,7 @@ def _target(args: argparse.Namespace) -> tuple[Any, Any]:
     return settings, state["aws_endpoint"]
 
 
-def _client(service: str, endpoint: str | None) -> Any:
+def _client(service: Literal["dynamodb", "secretsmanager"], endpoint: str | None) -> Any:
     import boto3
 
     return boto3.client(service, endpoint_url=endpoint) if endpoint else boto3.client(service)

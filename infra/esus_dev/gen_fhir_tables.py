@@ -198,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     types_text, bindings_text = render(load_schema(args.schema))
     targets = {TYPES_MODULE: types_text, BINDINGS_JSON: bindings_text}
     if args.check:
-        stale = [str(p) for p, text in targets.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
-        for path in stale:
-            print(f"stale: {path} (run python -m esus_dev.gen_fhir_tables)", file=sys.stderr)
+        stale = [p for p, text in targets.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+        for stale_path in stale:
+            print(f"stale: {stale_path} (run python -m esus_dev.gen_fhir_tables)", file=sys.stderr)
         return 1 if stale else 0
     for path, text in targets.items():
         path.write_text(text, encoding="utf-8")

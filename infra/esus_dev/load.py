@@ -64,7 +64,8 @@ def start_stack(dev_dir: Path) -> tuple[subprocess.Popen[str], str]:
 
 def client_loop(base_url: str, token: str, deadline: float, stats: Stats, seeds: list[str], seed: int) -> None:
     rng = random.Random(seed)  # noqa: S311 - workload mix, not security
-    ops, weights = zip(*MIX, strict=True)
+    ops = [op for op, _ in MIX]
+    weights = [weight for _, weight in MIX]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
         while time.monotonic() < deadline:

@@ -11,14 +11,11 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import logging
 import os
 import re
 import threading
-import time
-import types
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
@@ -32,7 +29,9 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 
 from esus.crypto import RootKeys
+from esus_dev import moto_patches
 from esus_dev.devkeys import LOCAL_AUDIENCE, LOCAL_ISSUER, public_key_pem
+from esus_dev.lambda_runtime import LambdaContext, load_module
 from esus_dev.template import Route, TemplateModel, load_template, resolve
 
 MAX_API_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own limit
@@ -53,87 +52,20 @@ def _locked(app: Callable[..., Iterable[bytes]], lock: threading.Lock) -> Callab
     def wrapper(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         with lock:
             body = [b"".join(app(environ, start_response))]
-            _forget_tracked_instances()
+            moto_patches.forget_tracked_instances()
             return body
 
     return wrapper
-
-
-def _install_item_level_transaction_rollback() -> None:
-    """moto backs up every table a TransactWriteItems names with copy.deepcopy, once per item, so a
-    stack holding a few thousand resources spends seconds and gigabytes per write. Instead, snapshot
-    only the items the transaction touches and restore them if it is cancelled; the result is the same
-    all-or-nothing behaviour (tests/e2e/test_concurrency.py proves the rollback)."""
-    from moto.dynamodb import models
-    from moto.dynamodb.models.dynamo_type import DynamoType
-    from moto.dynamodb.models.table import Table
-
-    original = models.DynamoDBBackend.transact_write_items
-    if getattr(original, "esus_item_level", False):
-        return
-    real_copy = models.copy
-    keep_tables = types.SimpleNamespace(
-        deepcopy=lambda value, *args: value if isinstance(value, Table) else real_copy.deepcopy(value, *args))
-
-    def touched(backend: Any, transact_items: list[dict[str, Any]]) -> list[tuple[Any, Any, Any, Any]]:
-        saved = []
-        for entry in transact_items:
-            op = next(iter(entry.values()))
-            table = backend.tables.get(op.get("TableName"))
-            key = op.get("Key") or op.get("Item") or {}
-            if table is None or table.hash_key_attr not in key:
-                continue
-            hash_value = DynamoType(key[table.hash_key_attr])
-            range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr in key else None
-            if range_value is None:
-                current = table.items.get(hash_value)
-            else:
-                current = table.items.get(hash_value, {}).get(range_value)
-            saved.append((table, hash_value, range_value, real_copy.deepcopy(current)))
-        return saved
-
-    def restore(saved: list[tuple[Any, Any, Any, Any]]) -> None:
-        for table, hash_value, range_value, item in reversed(saved):
-            container = table.items if range_value is None else table.items[hash_value]
-            slot = hash_value if range_value is None else range_value
-            if item is None:
-                container.pop(slot, None)
-            else:
-                container[slot] = item
-
-    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        saved = touched(self, transact_items)
-        models.copy = keep_tables  # type: ignore[assignment]
-        try:
-            original(self, transact_items)
-        except Exception:
-            restore(saved)
-            raise
-        finally:
-            models.copy = real_copy
-
-    transact_write_items.esus_item_level = True  # type: ignore[attr-defined]
-    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-
-
-def _forget_tracked_instances() -> None:
-    """moto remembers every model object it ever created (for resets between tests): a server that
-    lives for hours would keep every overwritten item. Nothing here needs that list."""
-    from moto.core.model_instances import model_data
-
-    for models in model_data.values():
-        for model in models.values():
-            model.instances_tracked.clear()
 
 
 class EmbeddedMoto:
     """moto's server on 127.0.0.1, one request at a time."""
 
     def __init__(self) -> None:
-        from moto.server import DomainDispatcherApplication, create_backend_app
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
-        _install_item_level_transaction_rollback()
+        moto_patches.install()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.lock = threading.Lock()
         app = _locked(DomainDispatcherApplication(create_backend_app), self.lock)
@@ -146,19 +78,6 @@ class EmbeddedMoto:
 
     def stop(self) -> None:
         self._server.shutdown()
-
-
-class LambdaContext:
-    def __init__(self, name: str) -> None:
-        self.function_name = name
-        self.function_version = "$LATEST"
-        self.memory_limit_in_mb = 512
-        self.invoked_function_arn = f"arn:aws:lambda:{LOCAL_REGION}:000000000000:function:{name}"
-        self.aws_request_id = str(uuid.uuid4())
-        self._deadline = time.monotonic() + 10
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 @dataclass
@@ -246,19 +165,14 @@ class LocalStack:
     def module(self, logical_id: str) -> ModuleType:
         if logical_id not in self._modules:
             spec = next(s for s in self.template.functions() if s.logical_id == logical_id)
-            module_name, _ = spec.handler.split(".", 1)
-            path = self.repo / spec.code_uri / f"{module_name}.py"
-            loader_spec = importlib.util.spec_from_file_location(f"esus_fn_{logical_id}", path)
-            assert loader_spec and loader_spec.loader
-            module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
-            self._modules[logical_id] = module
+            path, _ = spec.handler_path(self.repo)
+            self._modules[logical_id] = load_module(path, f"esus_fn_{logical_id}")
         return self._modules[logical_id]
 
     def invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
         spec = next(s for s in self.template.functions() if s.logical_id == logical_id)
         function = getattr(self.module(logical_id), spec.handler.split(".", 1)[1])
-        return function(event, LambdaContext(logical_id))
+        return function(event, LambdaContext(logical_id, region=LOCAL_REGION))
 
     def start(self) -> None:
         self.start_aws()

@@ -9,8 +9,10 @@ from typing import Any
 
 import yaml
 
+from esus_dev.lambda_runtime import handler_path
 
-class _CfnLoader(yaml.SafeLoader):
+
+class _CfnLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
     """YAML loader that understands CloudFormation short-form tags (!Ref, !GetAtt, !Sub, ...)."""
 
 
@@ -23,7 +25,7 @@ def _construct_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dic
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        value = loader.construct_mapping(node, deep=True)
     return {name: value}
 
 
@@ -32,7 +34,8 @@ _CfnLoader.add_multi_constructor("!", _construct_tag)
 
 def load_template(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
-        return yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        template: dict[str, Any] = yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    return template
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class FunctionSpec:
     code_uri: str
     handler: str
     environment: dict[str, Any] = field(default_factory=dict)
+
+    def handler_path(self, repo: Path) -> tuple[Path, str]:
+        """(module file, function name) of this function's handler in a checkout at `repo`."""
+        return handler_path(repo / self.code_uri, self.handler)
 
 
 @dataclass

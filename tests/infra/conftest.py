@@ -24,6 +24,12 @@ TEMPLATE = REPO / "template.yaml"
 ARTIFACT_BUCKET = "esus-artifacts"
 REGION = "us-east-1"
 
+# The functions that only read: their roles may grant no write (test_template.py) and their handlers make none
+# (test_moto_stack.py). Everything else (create, update, patch, delete and the conditional ones) writes.
+READ_ONLY_FUNCTIONS = ("ReadFunction", "VreadFunction", "HistoryFunction", "TypeHistoryFunction",
+                       "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "OpenApiFunction",
+                       "AuthorizerFunction")
+
 # Values for the parameters without a default (the issuer/audience are the local stack's, so tokens minted by
 # esus_dev.devkeys verify against the deployed authorizer's configuration).
 REQUIRED_PARAMETERS = {

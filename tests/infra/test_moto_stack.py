@@ -6,30 +6,26 @@ from __future__ import annotations
 import ast
 import base64
 import fnmatch
-import importlib.util
 import json
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlencode
 
 import boto3
 import pytest
 
+from esus_dev.lambda_runtime import LambdaContext, load_handler
+from esus_dev.template import TemplateModel
 from tests.conftest import REPO
-from tests.infra.conftest import NOT_CREATED_BY_MOTO, REGION, MotoStack, load_raw_template, of_type
+from tests.infra.conftest import NOT_CREATED_BY_MOTO, READ_ONLY_FUNCTIONS, REGION, MotoStack, load_raw_template, of_type
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
 FUNCTIONS = sorted(k for k, v in load_raw_template()["Resources"].items() if v["Type"] == "AWS::Serverless::Function")
-# Everything else (create, update, patch, delete and the conditional ones) writes.
-READ_ONLY_FUNCTIONS = ("ReadFunction", "VreadFunction", "HistoryFunction", "TypeHistoryFunction",
-                       "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "OpenApiFunction",
-                       "AuthorizerFunction")
 
 
 def test_every_resource_is_created_except_the_documented_types(moto_stack: MotoStack) -> None:
@@ -173,32 +169,6 @@ def function_environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _load_handler(logical_id: str) -> Any:
-    raw = load_raw_template()
-    props = raw["Resources"][logical_id]["Properties"]
-    handler = str(props.get("Handler") or raw["Globals"]["Function"]["Handler"])
-    module_name, function_name = handler.split(".", 1)
-    path = REPO / props["CodeUri"] / f"{module_name}.py"
-    spec = importlib.util.spec_from_file_location(f"esus_infra_{logical_id}_{uuid.uuid4().hex}", path)
-    assert spec and spec.loader
-    module: ModuleType = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, function_name)
-
-
-class LambdaContext:
-    function_version = "$LATEST"
-    memory_limit_in_mb = 512
-
-    def __init__(self, name: str) -> None:
-        self.function_name = name
-        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:{name}"
-        self.aws_request_id = str(uuid.uuid4())
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 10_000
-
-
 class Deployed:
     """Invokes the handlers as Lambda would: each with its own environment from the created function and a
     fresh container (module, settings, services), recording every AWS call per function."""
@@ -208,6 +178,7 @@ class Deployed:
         self.dev_dir = dev_dir
         self.calls: dict[str, list[tuple[str, str, str]]] = {lid: [] for lid in stack.functions}
         self.authorizer_context: dict[str, Any] = {}
+        self.specs = {spec.logical_id: spec for spec in TemplateModel(load_raw_template()).functions()}
 
     def invoke(self, logical_id: str, event: dict[str, Any], overrides: dict[str, str] | None = None) -> Any:
         from esus.container import use_services
@@ -223,8 +194,11 @@ class Deployed:
             with function_environment(env):
                 get_settings.cache_clear()
                 use_services(None)
-                handler = _load_handler(logical_id)
-                return handler(event, LambdaContext(self.stack.functions[logical_id]["FunctionName"]))
+                spec = self.specs[logical_id]
+                handler = load_handler(REPO / spec.code_uri, spec.handler)  # a fresh container each call
+                context = LambdaContext(self.stack.functions[logical_id]["FunctionName"], region=REGION,
+                                        account="123456789012")
+                return handler(event, context)
         finally:
             self.calls[logical_id].extend(recorder.calls)
             boto3.DEFAULT_SESSION = previous_session
@@ -424,11 +398,13 @@ def test_iam_allows_exactly_the_calls_the_handler_makes(
     granted = _granted(moto_stack, logical_id)
     denied = {c for c in observed if not any(fnmatch.fnmatchcase(c[1], r) and c[0] == a for a, r in granted)}
     assert not denied, (
-        f"{logical_id} makes calls its IAM policy would deny (grant them in template.yaml): {sorted(denied)}")
+        f"{logical_id} makes calls its IAM policy would deny (grant them in infra/esus_dev/routes.py, then "
+        f"`make template`): {sorted(denied)}")
     unused = granted - observed
     assert not unused, (
         f"{logical_id} is granted more than its handler uses (least privilege): {sorted(unused)}; drop them from "
-        "template.yaml, or exercise the path that needs them in the `exercised` fixture")
+        "infra/esus_dev/routes.py (then `make template`), or exercise the path that needs them in the `exercised` "
+        "fixture")
 
 
 def test_read_only_functions_make_no_writes(exercised: Deployed) -> None:

@@ -3,23 +3,20 @@ IAM, gateway errors, logs, alarms) so the deployment cannot drift from what the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import tomllib
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from esus_dev.lambda_runtime import load_handler
+from esus_dev.template import TemplateModel
 from tests.conftest import REPO
-from tests.infra.conftest import TEMPLATE, of_type
+from tests.infra.conftest import READ_ONLY_FUNCTIONS, TEMPLATE, of_type
 
 LINT_REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-2", "ca-central-1"]
-READ_ONLY_FUNCTIONS = ("ReadFunction", "VreadFunction", "HistoryFunction", "TypeHistoryFunction",
-                       "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "OpenApiFunction",
-                       "AuthorizerFunction")
 WRITE_VERBS = ("Put", "Update", "Delete", "BatchWrite", "TransactWrite", "PartiQLInsert", "PartiQLUpdate",
                "PartiQLDelete", "Create", "Restore", "Import", "Tag", "Untag", "Rotate", "Cancel", "Encrypt",
                "GenerateDataKey", "ReEncrypt", "Schedule", "Replicate", "Stop", "Remove", "Validate", "Enable",
@@ -71,6 +68,41 @@ def test_lint_detects_a_broken_template(tmp_path: Path) -> None:
     assert {"E1020", "W8001"} & ids, ids
 
 
+# ---------- the generated block ----------
+def test_template_is_current_with_the_route_table() -> None:
+    from esus_dev.template_gen import render
+
+    text = TEMPLATE.read_text(encoding="utf-8")
+    assert render(text) == text, "template.yaml is not current with infra/esus_dev/routes.py: run `make template`"
+
+
+def test_every_function_comes_from_the_route_table(raw_template: dict[str, Any]) -> None:
+    from esus_dev.routes import FUNCTIONS
+
+    assert set(of_type(raw_template, "AWS::Serverless::Function")) == {f.logical_id for f in FUNCTIONS}
+    assert len({f.logical_id for f in FUNCTIONS}) == len(FUNCTIONS)
+
+
+def test_a_table_change_changes_the_template() -> None:
+    """The current-check can fail: a grant dropped from the table, or an environment value the local stack could
+    not resolve, shows up when the block is rendered."""
+    import dataclasses
+
+    from esus_dev.routes import FUNCTIONS
+    from esus_dev.template_gen import render
+
+    text = TEMPLATE.read_text(encoding="utf-8")
+    read = next(f for f in FUNCTIONS if f.name == "Read")
+    narrowed = dataclasses.replace(read, grants=read.grants[:1])
+    changed = render(text, [narrowed if f is read else f for f in FUNCTIONS])
+    assert changed != text and "ReadProvenance" in text and changed.count("ReadProvenance") == text.count(
+        "ReadProvenance") - 1
+    with pytest.raises(ValueError, match="plain strings or '!Ref Name'"):
+        render(text, [dataclasses.replace(read, env={"ESUS_X": "!GetAtt DataKey.Arn"})])
+    with pytest.raises(ValueError, match="exactly one generated block"):
+        render(text.replace("# <<<<<<<<<< end of the generated block", "# the end"))
+
+
 # ---------- parameters and outputs ----------
 def test_parameters_and_outputs(raw_template: dict[str, Any]) -> None:
     parameters = raw_template["Parameters"]
@@ -99,21 +131,16 @@ def test_environment_values_are_plain_or_ref(raw_template: dict[str, Any]) -> No
 
 # ---------- handlers and routes ----------
 def _handler_path(raw_template: dict[str, Any], logical_id: str) -> tuple[Path, str]:
-    props = raw_template["Resources"][logical_id]["Properties"]
-    handler = str(props.get("Handler") or raw_template["Globals"]["Function"]["Handler"])
-    module, function = handler.split(".", 1)
-    return (REPO / props["CodeUri"] / f"{module}.py").resolve(), function
+    (spec,) = [s for s in TemplateModel(raw_template).functions() if s.logical_id == logical_id]
+    path, function = spec.handler_path(REPO)
+    return path.resolve(), function
 
 
 def test_every_function_handler_exists_and_imports(raw_template: dict[str, Any]) -> None:
-    for logical_id in of_type(raw_template, "AWS::Serverless::Function"):
-        path, function = _handler_path(raw_template, logical_id)
-        assert path.is_file(), f"{logical_id}: {path} is missing"
-        spec = importlib.util.spec_from_file_location(f"esus_infra_import_{uuid.uuid4().hex}", path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        assert callable(getattr(module, function, None)), f"{logical_id}: {path.name} has no {function}()"
+    for spec in TemplateModel(raw_template).functions():
+        path, _ = spec.handler_path(REPO)
+        assert path.is_file(), f"{spec.logical_id}: {path} is missing"
+        assert callable(load_handler(REPO / spec.code_uri, spec.handler)), spec.logical_id
 
 
 def test_every_handler_module_is_deployed(raw_template: dict[str, Any]) -> None:
@@ -141,8 +168,6 @@ def _translated_routes(translated: dict[str, Any]) -> set[tuple[str, str, str, b
 
 def test_local_stack_serves_exactly_the_deployed_routes(raw_template: dict[str, Any],
                                                         translated: dict[str, Any]) -> None:
-    from esus_dev.template import TemplateModel
-
     model = TemplateModel(raw_template)
     local = {(r.function, r.method, r.path, r.authorized) for r in model.routes()}
     assert local == _translated_routes(translated)
@@ -154,8 +179,6 @@ def test_local_stack_serves_exactly_the_deployed_routes(raw_template: dict[str, 
 
 
 def test_authorizer_and_invoke_permissions(raw_template: dict[str, Any], translated: dict[str, Any]) -> None:
-    from esus_dev.template import TemplateModel
-
     (api,) = of_type(translated, "AWS::ApiGateway::RestApi").values()
     schemes = api["Properties"]["Body"]["components"]["securitySchemes"]
     (scheme,) = [s for s in schemes.values() if "x-amazon-apigateway-authorizer" in s]

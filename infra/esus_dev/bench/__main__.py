@@ -1,0 +1,3 @@
+from esus_dev.bench.main import main
+
+main()

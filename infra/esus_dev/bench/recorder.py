@@ -1,0 +1,84 @@
+"""Every AWS API call a handler makes, counted and timed with botocore events."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+_CALL_KEY = "esus_bench_call"
+
+
+@dataclass
+class AwsCall:
+    service: str
+    operation: str
+    params: dict[str, Any]
+    seconds: float = 0.0
+    attempts: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.operation == "TransactWriteItems":
+            return f"TransactWriteItems[{len(self.params.get('TransactItems', []))}]"
+        if self.operation == "BatchGetItem":
+            keys = sum(len(t.get("Keys", [])) for t in self.params.get("RequestItems", {}).values())
+            return f"BatchGetItem[{keys}]"
+        return self.operation
+
+
+class AwsRecorder:
+    """Every AWS API call made through clients of one botocore event emitter.
+
+    provide-client-params (the first event of an API call) opens a call, before-send counts its HTTP
+    attempts (retries included), after-call / after-call-error closes it. Handlers return None, as
+    botocore requires for these events to leave the call untouched. Params are kept by reference
+    (not copied) so recording costs the handler next to nothing.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[AwsCall] = []
+
+    def install(self, events: Any) -> None:
+        events.register("provide-client-params", self._start)
+        events.register("before-send", self._send)
+        events.register("after-call", self._end)
+        events.register("after-call-error", self._end)
+
+    def take(self) -> list[AwsCall]:
+        calls, self.calls = self.calls, []
+        return calls
+
+    def _start(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        call = AwsCall(model.service_model.service_name, model.name, params)
+        context[_CALL_KEY] = (call, time.perf_counter())
+        self.calls.append(call)
+
+    def _send(self, request: Any, **_: Any) -> None:
+        entry = (getattr(request, "context", None) or {}).get(_CALL_KEY)
+        if entry:
+            entry[0].attempts += 1
+
+    def _end(self, context: dict[str, Any], **_: Any) -> None:
+        entry = context.pop(_CALL_KEY, None)
+        if entry:
+            call, started = entry
+            call.seconds = time.perf_counter() - started
+
+
+def install_default_session_recorder() -> AwsRecorder:
+    """Hook boto3's default session before any client exists: clients copy the session's handlers."""
+    import boto3
+
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+    recorder = AwsRecorder()
+    recorder.install(boto3.DEFAULT_SESSION.events)
+    return recorder
+
+
+def call_counts(calls: Iterable[AwsCall]) -> Counter[str]:
+    return Counter(f"{c.service}:{c.operation}" for c in calls)

@@ -1,0 +1,131 @@
+"""Warm phase: round trips and handler time per interaction, against the same DynamoDB calls replayed raw."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from esus_dev.bench.gateway import Client, TableJanitor
+from esus_dev.bench.recorder import call_counts
+from esus_dev.bench.report import Report, RoundTripRow, Sample, TimingRow
+from esus_dev.bench.scenario import INTERACTIONS, run_iteration
+
+
+def rewrite_tenant(value: Any, old: str, new: str) -> Any:
+    """The same call under another tenant: every key begins with `tenant|`, nothing else does."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value.startswith(old) else value
+    if isinstance(value, dict):
+        return {k: rewrite_tenant(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rewrite_tenant(v, old, new) for v in value]
+    return value
+
+
+class Replayer:
+    """Re-issues an iteration's DynamoDB calls, in order, with a plain client (not recorded), under a
+    replay tenant, on tables reset to the state the handlers started from: every conditional write and
+    every read meets the same state (and moto the same amount of data) as the handler's did."""
+
+    def __init__(self, ddb: Any, tenant: str) -> None:
+        from botocore import xform_name
+
+        self._ddb = ddb
+        self._xform = xform_name
+        self._prefix = f"{tenant}|"
+
+    def replay(self, samples: list[Sample], iteration: int) -> None:
+        """Sets Sample.raw_s: the time of that request's calls, issued directly."""
+        replay_prefix = f"{self._prefix[:-1]}-r{iteration}|"
+        for sample in samples:
+            prepared = []
+            for call in sample.calls:
+                if call.service != "dynamodb":
+                    continue
+                params = rewrite_tenant(call.params, self._prefix, replay_prefix)
+                if "ClientRequestToken" in params:
+                    params["ClientRequestToken"] = str(uuid.uuid4())
+                prepared.append((getattr(self._ddb, self._xform(call.operation)), params))
+            started = time.perf_counter()
+            for method, params in prepared:
+                method(**params)
+            sample.raw_s = time.perf_counter() - started
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000 if values else math.nan
+
+
+def p95_ms(values: list[float]) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)] * 1000
+
+
+def round_trip_rows(samples: list[Sample]) -> list[RoundTripRow]:
+    rows = []
+    for interaction in INTERACTIONS:
+        mine = [s for s in samples if s.interaction == interaction.name]
+        dynamo = [[c for c in s.calls if c.service == "dynamodb"] for s in mine]
+        ops = Counter(" + ".join(c.label for c in calls) for calls in dynamo).most_common(1)[0][0]
+        rows.append(RoundTripRow(
+            interaction=interaction,
+            counts=tuple(len(calls) for calls in dynamo),
+            http_attempts=tuple(sum(c.attempts for c in calls) for calls in dynamo),
+            ops=ops,
+            other_services=sum(1 for s in mine for c in s.calls if c.service != "dynamodb"),
+        ))
+    return rows
+
+
+def timing_rows(samples: list[Sample]) -> list[TimingRow]:
+    rows = []
+    for interaction in INTERACTIONS:
+        mine = [s for s in samples if s.interaction == interaction.name]
+        rows.append(TimingRow(
+            interaction=interaction.name, function=interaction.function, n=len(mine),
+            handler_median_ms=median_ms([s.handler_s for s in mine]),
+            handler_p95_ms=p95_ms([s.handler_s for s in mine]),
+            in_request_aws_ms=median_ms([s.aws_s for s in mine]),
+            raw_median_ms=median_ms([s.raw_s for s in mine]),
+            raw_p95_ms=p95_ms([s.raw_s for s in mine]),
+            ratio=statistics.median(s.handler_s / s.raw_s for s in mine if s.raw_s) if mine else math.nan,
+            outside_aws_ms=median_ms([s.handler_s - s.aws_s for s in mine]),
+        ))
+    return rows
+
+
+def warm_phase(client: Client, report: Report, iterations: int, warmup: int) -> None:
+    import boto3
+
+    from esus.container import AWS_CONFIG
+
+    run_iteration(client, 0)  # the process's first requests: imports, wiring, root key
+    report.first_request_calls = call_counts(c for s in client.samples for c in s.calls
+                                             if c.service != "dynamodb")
+    raw_ddb = boto3.session.Session().client("dynamodb", config=AWS_CONFIG)  # not recorded
+    janitor = TableJanitor(raw_ddb, client.stack)
+    replayer = Replayer(raw_ddb, client.tenant)
+    for i in range(1, warmup):
+        run_iteration(client, i)
+    client.samples.clear()
+    measured: list[Sample] = []
+    for i in range(warmup, warmup + iterations):
+        janitor.reset()
+        run_iteration(client, i)
+        janitor.reset()
+        replayer.replay(client.samples, i)
+        measured.extend(client.samples)
+        client.samples.clear()
+    janitor.reset()
+    report.round_trips = round_trip_rows(measured)
+    report.timings = timing_rows(measured)
+    report.warm_requests = len(measured)
+    report.warm_secret_calls = call_counts(c for s in measured for c in s.calls if c.service != "dynamodb")
+    auth = [s.authorizer_s for s in measured]
+    report.authorizer_ms = (median_ms(auth), p95_ms(auth))

@@ -1,0 +1,89 @@
+"""The local stack's patches of moto internals (esus_dev.moto_patches) fail loudly on a moto upgrade: the
+installed version must be one they were tested with, and the internals they rely on must still look as they
+did. The rollback itself is proven here in-process and, under concurrency, by tests/e2e/test_concurrency.py."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import tomllib
+from importlib import metadata
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from packaging.requirements import Requirement
+
+from esus_dev import moto_patches
+from tests.conftest import REPO
+
+
+def test_installed_moto_is_the_tested_and_pinned_version() -> None:
+    installed = metadata.version("moto")
+    assert installed in moto_patches.TESTED_MOTO_VERSIONS, (
+        f"moto {installed} is not a version esus_dev.moto_patches was tested with: re-check the patches "
+        "(see that module's docstring) before adding it to TESTED_MOTO_VERSIONS")
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    (pin,) = [Requirement(r) for r in dev if Requirement(r).name == "moto"]
+    pinned = [s.version for s in pin.specifier if s.operator == "=="]
+    assert len(pin.specifier) == 1 and pinned == [installed], f"pyproject.toml must pin moto=={installed}: {pin}"
+
+
+def test_an_untested_moto_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(moto_patches.metadata, "version", lambda name: "5.99.0")
+    with pytest.raises(moto_patches.UntestedMotoVersion, match=r"moto 5\.99\.0 .*tested with moto 5\."):
+        moto_patches.install()
+
+
+def test_the_internals_the_patches_rely_on_are_unchanged() -> None:
+    from moto.core.model_instances import model_data
+    from moto.dynamodb import models
+
+    method = models.DynamoDBBackend.transact_write_items
+    original = getattr(method, "__wrapped__", method)  # the patch keeps moto's method here
+    assert list(inspect.signature(original).parameters) == ["self", "transact_items"]
+    source = inspect.getsource(original)
+    # The whole-table backup the patch turns into a no-op, and the rollback that then restores the same object.
+    assert "original_table_state[table_name] = copy.deepcopy(" in source
+    assert "self.tables[table_name] = original_table_state[table_name]" in source
+    assert models.copy is copy  # type: ignore[attr-defined]  # the module global the patch swaps
+    tracked = [m for ms in model_data.values() for m in ms.values()]
+    assert tracked and all(isinstance(m.instances_tracked, list) for m in tracked)  # type: ignore[attr-defined]
+
+
+def _put(table: str, pk: str, **extra: Any) -> dict[str, Any]:
+    return {"Put": {"TableName": table, "Item": {"pk": {"S": pk}, **extra}}}
+
+
+def test_a_cancelled_transaction_is_rolled_back_item_by_item() -> None:
+    from moto.dynamodb import models
+
+    moto_patches.install()
+    moto_patches.install()  # idempotent
+    assert models.DynamoDBBackend.transact_write_items.esus_item_level  # type: ignore[attr-defined]
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        for name in ("a", "b"):
+            ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        ddb.put_item(TableName="a", Item={"pk": {"S": "kept"}, "v": {"N": "1"}})
+        ddb.put_item(TableName="b", Item={"pk": {"S": "guard"}})
+        backend = models.dynamodb_backends["123456789012"]["us-east-1"]
+        table_a = backend.tables["a"]
+        with pytest.raises(ddb.exceptions.TransactionCanceledException):
+            ddb.transact_write_items(TransactItems=[
+                _put("a", "kept", v={"N": "2"}),
+                _put("a", "new"),
+                {"Delete": {"TableName": "b", "Key": {"pk": {"S": "guard"}}}},
+                {"ConditionCheck": {"TableName": "b", "Key": {"pk": {"S": "missing"}},
+                                    "ConditionExpression": "attribute_exists(pk)"}},
+            ])
+        assert backend.tables["a"] is table_a, "the table was replaced by a whole-table copy"
+        assert ddb.get_item(TableName="a", Key={"pk": {"S": "kept"}})["Item"]["v"] == {"N": "1"}
+        assert "Item" not in ddb.get_item(TableName="a", Key={"pk": {"S": "new"}})
+        assert "Item" in ddb.get_item(TableName="b", Key={"pk": {"S": "guard"}})
+        ddb.transact_write_items(TransactItems=[_put("a", "new")])  # an accepted one still commits
+        assert "Item" in ddb.get_item(TableName="a", Key={"pk": {"S": "new"}})
+    assert models.copy is copy  # type: ignore[attr-defined]
