@@ -16,9 +16,12 @@ def search(resource_type: str) -> Response[str]:
     principal = request.authorize(resource_type, "search-type")
     params = request.search_params()
     page = services().search.search(principal, resource_type, params, request.lenient)
-    shown = {k: v for k, v in params.items() if k not in page.ignored}
+    shown = dict(page.applied if page.applied is not None else params)  # what was applied, not what was sent
+    if params.get("_cursor"):
+        shown["_cursor"] = params["_cursor"]
     bundle = searchset_bundle(
-        request.base_url, resource_type, shown, page.resources, page.total, page.next_cursor, page.last_cursor
+        request.base_url, resource_type, shown, page.resources, page.total, page.next_cursor, page.last_cursor,
+        page.previous_cursor,
     )
     return fhir_response(200, bundle)
 

@@ -146,7 +146,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
     settings, endpoint = _target(args)
     services = build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint))
-    report = verify_all(services, tenant=args.tenant)
+    report = verify_all(services, tenant=args.tenant, repair_index=args.repair_index)
     if args.tenant is not None and args.tenant not in report.tenants:
         # Most likely a misspelt tenant: an "OK" for nothing checked would mislead.
         raise OperatorError(f"no data is stored for tenant {args.tenant!r}: nothing to check "
@@ -155,7 +155,9 @@ def cmd_verify(args: argparse.Namespace) -> None:
         found = report.tenants[name]
         verdict = "OK" if found.ok else f"{len(found.problems)} problem(s)"
         print(f"Tenant {name}: {found.resources} resources, {found.versions} versions, "
-              f"{found.provenances} Provenance, {found.index_items} index items: {verdict}")
+              f"{found.provenances} Provenance, {found.index_items} index items "
+              f"({found.stale_index_items} stale search items"
+              + (f", {found.repaired_index_items} repaired" if args.repair_index else "") + f"): {verdict}")
         print("\n".join(f"  {problem}" for problem in found.problems), end="\n" if found.problems else "")
     print(f"Checked {len(report.tenants)} tenant(s): {report.resources} resources, {report.versions} versions, "
           f"{report.provenances} Provenance and {report.index_items} index items.")
@@ -243,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
         command = sub.add_parser(name, help=text)
         if name == "verify":
             command.add_argument("--tenant", default=None, help="only this tenant's items")
+            command.add_argument("--repair-index", action="store_true",
+                                 help="write missing search index items (from each version's idx) and delete "
+                                      "stale ones (of older versions or failed writes) instead of reporting them")
         command.add_argument("--deployed", action="store_true",
                              help="use ESUS_* environment settings and AWS credentials, not the local stack")
         command.add_argument("--endpoint", default=None, help="AWS endpoint URL (implies --deployed)")

@@ -15,7 +15,7 @@ from esus.auth import CREATE, Principal
 from esus.conditional import ConditionalService
 from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PreconditionFailed
 from esus.fhir import RESOURCE_TYPES, now_instant, require_id
-from esus.model import Version
+from esus.model import IndexEntry, Version
 from esus.service import ResourceService, same_content
 from esus.store import Store, TransientConflict, VersionConflict
 
@@ -82,6 +82,7 @@ class BundleService:
                     if entry.get("fullUrl")}
         results: list[EntryResult] = []
         items: list[dict[str, Any]] = []
+        deferred: list[IndexEntry] = []  # search index items: beside the transaction, never in it
         touched: set[str] = set()
         for method, resource_type, _, _, request in parsed:  # every scope is checked before any read
             principal.require_interaction(resource_type, _interaction(method, request))
@@ -95,17 +96,19 @@ class BundleService:
                 raise InvalidRequest(f"The transaction changes {key} twice")
             touched.add(key)
             result, entry_items = self._transaction_entry(
-                principal, method, resource_type, str(target_id), resource, request, x_provenance, index, conditions)
+                principal, method, resource_type, str(target_id), resource, request, x_provenance, index, conditions,
+                deferred)
             results.append(result)
             items += entry_items
         if items:
             self._commit(items)
+            self._store.put_index_items(deferred)  # before the response: read-your-writes
         return results
 
     def _transaction_entry(
         self, principal: Principal, method: str, resource_type: str, resource_id: str,
         resource: dict[str, Any] | None, request: dict[str, Any], x_provenance: dict[str, Any] | None, index: int,
-        conditions: dict[str, int],
+        conditions: dict[str, int], deferred: list[IndexEntry],
     ) -> tuple[EntryResult, list[dict[str, Any]]]:
         where = f"Bundle.entry[{index}]"
         if_match = _if_match(request)
@@ -146,6 +149,7 @@ class BundleService:
             principal, version, current.version if current else None, current.deleted if current else None,
             current.index_refs if current else (), x_provenance)
         write.unique_guard = guard
+        deferred += write.deferred_index
         return EntryResult(version.status, version), self._store.resource_write_items(write, sort_key)
 
     @staticmethod

@@ -44,9 +44,10 @@ def _history_entry(base_url: str, version: Version) -> dict[str, Any]:
 
 def searchset_bundle(
     base_url: str, resource_type: str, self_params: dict[str, list[str]], resources: list[dict[str, Any]],
-    total: int, next_cursor: str | None, last_cursor: str | None,
+    total: int | None, next_cursor: str | None, last_cursor: str | None, previous_cursor: str | None = None,
 ) -> dict[str, Any]:
-    """Links are GETs on the type endpoint; the cursor travels in the query string."""
+    """Links are GETs on the type endpoint with the parameters the search applied; the cursor travels in
+    the query string. `total` is left out when it was not computed (_total=none)."""
     params = {k: v for k, v in self_params.items() if k != "_cursor"}
 
     def link(cursor: str | None) -> str:
@@ -60,6 +61,8 @@ def searchset_bundle(
         {"relation": "self", "url": link(last_value(self_params.get("_cursor")))},
         {"relation": "first", "url": link(None)},
     ]
+    if previous_cursor:
+        links.append({"relation": "previous", "url": link(previous_cursor)})
     if next_cursor:
         links.append({"relation": "next", "url": link(next_cursor)})
     if total:
@@ -68,7 +71,7 @@ def searchset_bundle(
         "resourceType": "Bundle",
         "type": "searchset",
         "timestamp": now_instant(),
-        "total": total,
+        **({"total": total} if total is not None else {}),
         "link": links,
         "entry": [
             {"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from esus.fhir import PROVENANCE, RESOURCE_TYPES, now_instant
-from esus.search import HASHED_PARAMS, PROVENANCE_PARAMS
+from esus.search import PROVENANCE_PARAMS
+from esus.searchparams import params_for
 from esus.settings import Settings
 
 SEARCH_PARAM_TYPES = {
@@ -51,20 +52,20 @@ def capability_statement(settings: Settings, base_url: str) -> dict[str, Any]:
 
 
 def _resource_entry(resource_type: str) -> dict[str, Any]:
-    interactions = ["create", "read", "vread", "update", "patch", "delete", "history-instance", "history-type"]
-    params = HASHED_PARAMS.get(resource_type, ())
-    if params:
-        interactions.append("search-type")
+    """Search parameters: exactly those of the generated table (esus.searchparams), which all work."""
+    interactions = ["create", "read", "vread", "update", "patch", "delete", "history-instance", "history-type",
+                    "search-type"]
+    params = params_for(resource_type)
     return {
         "type": resource_type,
         "interaction": [{"code": c} for c in interactions],
         "versioning": "versioned-update",
         "readHistory": True,
         "updateCreate": True,
-        "conditionalCreate": bool(params),
-        "conditionalUpdate": bool(params),
-        "conditionalDelete": "single" if params else "not-supported",
-        "searchParam": _params(params),
+        "conditionalCreate": True,
+        "conditionalUpdate": True,
+        "conditionalDelete": "single",
+        "searchParam": [{"name": code, "type": p.type} for code, p in sorted(params.items())],
     }
 
 

@@ -14,6 +14,7 @@ from esus.conditional import ConditionalService
 from esus.crypto import BlindIndex, CursorSigner, FieldCipher, KeyRing
 from esus.phi import ResourceCodec
 from esus.provenance_service import ProvenanceService
+from esus.search_index import SearchKeys
 from esus.search_service import SearchService
 from esus.service import ResourceService
 from esus.settings import Settings, get_settings
@@ -53,8 +54,9 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
     })
     store = Store(settings, dynamodb, ResourceCodec(FieldCipher(keyring)))
     cursors = CursorSigner(keyring)
-    resources = ResourceService(settings, store, blind, cursors)
-    search = SearchService(settings, store, blind, cursors)
+    search_keys = SearchKeys(keyring, settings)
+    resources = ResourceService(settings, store, blind, cursors, search_keys)
+    search = SearchService(settings, store, blind, cursors, search_keys)
     conditional = ConditionalService(resources, search, store, blind)
     return Services(
         settings=settings,

@@ -40,6 +40,8 @@ class IndexEntry:
     partition: str
     sort: str
     resource_id: str
+    # Change-log entries only: the version is a delete (type listing needs no read to skip it).
+    deleted: bool = False
 
     @property
     def ref(self) -> str:
@@ -61,6 +63,7 @@ class ResourceWrite:
     expected_version: int | None
     # When set, the stored current item must also have this deleted flag (detects revive vs update).
     expected_deleted: bool | None
+    # Search index items written inside the version's transaction ...
     index_entries: list[IndexEntry]
     stale_index_refs: list[str]
     provenance: dict[str, Any]
@@ -71,3 +74,6 @@ class ResourceWrite:
     # so two racing creates for the same search cannot both succeed.
     unique_guard: tuple[str, str | None] | None = None
     request_token: str = ""
+    # ... and those written beside it (BatchWriteItem): a transaction Bundle's, or a single write's that
+    # would not fit in one TransactWriteItems. Both are listed in the current item's `idx`.
+    deferred_index: list[IndexEntry] = field(default_factory=list)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from esus.fhir import ID_PATTERN, RESOURCE_TYPES, SUPPORTED_TYPES
-from esus.search import HASHED_PARAMS, PROVENANCE_PARAMS
+from esus.fhir import ID_PATTERN, PROVENANCE, RESOURCE_TYPES, SUPPORTED_TYPES
+from esus.search import PROVENANCE_PARAMS
+from esus.searchparams import params_for
 
 FHIR_JSON = "application/fhir+json"
 OUTCOME = {"$ref": "#/components/schemas/OperationOutcome"}
@@ -55,11 +56,32 @@ def _op(summary: str, params: list[dict[str, Any]], responses: dict[str, Any], b
     return operation
 
 
+def _search_parameters() -> list[dict[str, Any]]:
+    """Every search parameter name, with the types that offer it (the CapabilityStatement has them per type)."""
+    offered: dict[str, dict[str, str]] = {name: {PROVENANCE: "reference" if name != "recorded" else "date"}
+                                          for name in PROVENANCE_PARAMS}
+    offered["_id"][PROVENANCE] = "token"
+    for resource_type in sorted(RESOURCE_TYPES):
+        for code, param in params_for(resource_type).items():
+            offered.setdefault(code, {})[resource_type] = param.type
+    return [
+        _param(name, "query", {"type": "string"}, text="; ".join(
+            f"{kind} on {', '.join(sorted(t for t, k in types.items() if k == kind))}"
+            for kind in sorted(set(types.values()))))
+        for name, types in sorted(offered.items())
+    ]
+
+
 def openapi_document(base_url: str) -> dict[str, Any]:
     write_headers = [_ref("Prefer"), _ref("XProvenance")]
-    search_names = sorted({*PROVENANCE_PARAMS, *(p for params in HASHED_PARAMS.values() for p in params)})
-    search_params = [_param(n, "query", {"type": "string"}) for n in search_names] + [
-        _param("_count", "query", {"type": "integer", "minimum": 0}), _param("_cursor", "query", {"type": "string"})]
+    search_params = [*_search_parameters(),
+                     _param("_count", "query", {"type": "integer", "minimum": 0}, text="Page size (capped)"),
+                     _param("_cursor", "query", {"type": "string"}, text="Paging position (from next/previous links)"),
+                     _param("_sort", "query", {"type": "string"},
+                            text="_lastUpdated, _id or a date parameter, '-' for descending; comma-separated"),
+                     _param("_total", "query", {"type": "string", "enum": ["none", "estimate", "accurate"]}),
+                     _param("_summary", "query", {"type": "string", "enum": ["true", "false", "count", "data"]}),
+                     _param("_elements", "query", {"type": "string"}, text="Comma-separated element names")]
     history_params = [_param("_count", "query", {"type": "integer", "minimum": 0}),
                       _param("_since", "query", {"type": "string", "format": "date-time"}),
                       _param("_cursor", "query", {"type": "string"})]

@@ -33,16 +33,16 @@ from esus.fhir import PROVENANCE, RESOURCE_TYPES, now_instant, require_id, valid
 from esus.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_PATCH_OPERATIONS, depth_exceeds
 from esus.model import IndexEntry, ResourceWrite, Version
 from esus.params import instant_param, last_value, page_size
-from esus.search import HASHED_PARAMS, hashed_index_values
+from esus.search_index import SearchKeys, in_parallel
 from esus.settings import Settings
 from esus.store import (
     ALL_TYPES,
+    TRANSACTION_ITEM_LIMIT,
     Store,
     TransientConflict,
     VersionConflict,
     change_log_partition,
     change_log_sort,
-    index_partition,
     unique_entries,
 )
 
@@ -65,12 +65,13 @@ class WriteOutcome:
 class ResourceService:
     def __init__(
         self, settings: Settings, store: Store, blind_index: BlindIndex, cursors: CursorSigner,
-        clock: Callable[[], str] = now_instant,
+        search_keys: SearchKeys, clock: Callable[[], str] = now_instant,
     ) -> None:
         self._s = settings
         self._store = store
         self._blind = blind_index
         self._cursors = cursors
+        self._keys = search_keys
         self._clock = clock
 
     # ---------- reads ----------
@@ -158,7 +159,7 @@ class ResourceService:
             raise InvalidRequest(message, [Issue("invalid", message, f"{resource_type}.id")])
         if if_match is None and self._s.require_if_match:
             raise InvalidRequest("This server requires If-Match on updates (versioned-update)")
-        if if_match is not None and resource_type not in HASHED_PARAMS:
+        if if_match is not None:  # index items are keyed by version: nothing to read first, on any type
             return self._update_blind(principal, resource_type, resource_id, body, if_match, x_provenance)
 
         def attempt() -> WriteOutcome:
@@ -225,7 +226,7 @@ class ResourceService:
         self, principal: Principal, resource_type: str, resource_id: str, body: Any, if_match: int,
         x_provenance: dict[str, Any] | None,
     ) -> WriteOutcome:
-        """If-Match on a type without hashed indexes: one conditional write, no read."""
+        """If-Match: one conditional write, no read (one round trip on every type)."""
         version = self.new_version(resource_type, resource_id, if_match + 1, body, "PUT", 200)
         try:
             self._commit(principal, version, if_match, False, (), x_provenance)
@@ -292,7 +293,11 @@ class ResourceService:
         self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
         stale_refs: tuple[str, ...], x_provenance: dict[str, Any] | None,
     ) -> tuple[ResourceWrite, str]:
-        """Everything one version writes: the version, its index entries and its Provenance."""
+        """Everything one version writes: the version, its index entries and its Provenance.
+        Search index items start out deferred (beside the transaction; a transaction Bundle keeps them
+        there so they never take its room); a single write moves them in when they fit. Stale items of
+        older versions are never deleted here (`stale_refs` is ignored): searches re-check every
+        candidate against the current version, and cleanup is lazy (docs/SEARCH.md)."""
         activity = prov.ACTIVITY_BY_METHOD["POST" if version.version == 1 else version.method]
         record = (
             prov.client_provenance(x_provenance, version, self._s, principal) if x_provenance is not None
@@ -305,12 +310,14 @@ class ResourceService:
             version=version,
             expected_version=expected_version,
             expected_deleted=expected_deleted,
-            index_entries=self.index_entries(principal.tenant, version),
-            stale_index_refs=list(stale_refs),
+            index_entries=[],
+            stale_index_refs=[],
+            deferred_index=self.index_entries(principal.tenant, version),
             provenance=record,
             provenance_index=prov.index_entries(principal.tenant, record, sort_key),
             change_log=[
-                IndexEntry(change_log_partition(principal.tenant, level), change_log_sort(version), version.resource_id)
+                IndexEntry(change_log_partition(principal.tenant, level), change_log_sort(version), version.resource_id,
+                           version.deleted)
                 for level in (ALL_TYPES, version.resource_type)
             ],
             request_token=str(uuid.uuid4()),
@@ -319,16 +326,7 @@ class ResourceService:
 
     def index_entries(self, tenant: str, version: Version) -> list[IndexEntry]:
         """One entry per index item: values whose truncated tokens collide share an item."""
-        if version.resource is None:
-            return []
-        return unique_entries([
-            IndexEntry(
-                index_partition(tenant, version.resource_type, param, self._blind.token(tenant, param, value)),
-                version.resource_id,
-                version.resource_id,
-            )
-            for param, value in sorted(hashed_index_values(version.resource_type, version.resource))
-        ])
+        return unique_entries(self._keys.entries(tenant, version))
 
     def _commit(
         self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
@@ -338,13 +336,27 @@ class ResourceService:
         write, sort_key = self.prepare(principal, version, expected_version, expected_deleted, stale_refs, x_provenance)
         write.unique_guard = guard
         items = self._store.resource_write_items(write, sort_key)
-        for attempt in range(3):
-            try:
-                self._store.transact(items, write.request_token)
-                return
-            except TransientConflict:
-                _backoff(attempt)
-        raise Conflict("A concurrent transaction touched the same resource; retry", headers={"Retry-After": "1"})
+        if len(items) + len(write.deferred_index) <= TRANSACTION_ITEM_LIMIT:
+            write.index_entries, write.deferred_index = write.deferred_index, []
+            items = self._store.resource_write_items(write, sort_key)
+
+        def transact() -> None:
+            for attempt in range(3):
+                try:
+                    self._store.transact(items, write.request_token)
+                    return
+                except TransientConflict:
+                    _backoff(attempt)
+            raise Conflict("A concurrent transaction touched the same resource; retry", headers={"Retry-After": "1"})
+
+        if not write.deferred_index:
+            transact()
+            return
+        # Too many for one transaction: index items go concurrently with it (one round trip of latency);
+        # the write returns only after both, so a search started after it returned finds it. If the
+        # transaction fails, the items are orphans that no search ever returns (docs/SEARCH.md).
+        deferred = write.deferred_index
+        in_parallel([transact, lambda: self._store.put_index_items(deferred)])
 
 
 def _check_generic(resource_type: str) -> None:

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     page_size_default: int = 10
     page_size_max: int = 100
     update_retry_attempts: int = Field(default=5, ge=1, le=20)
+    # Search (docs/SEARCH.md): candidates one search may decrypt and re-check, and the most live resources
+    # a search without a narrowing parameter may filter; beyond either, a 400 asks to narrow the search.
+    search_candidates_max: int = Field(default=5000, ge=100)
+    search_scan_max: int = Field(default=2000, ge=100)
 
     # Hashed-index token length per field, in bits (see README "Hashed indexes").
     token_bits_phone: int = Field(default=16, ge=8, le=256)

@@ -3,8 +3,8 @@
 resources  pk=tenant|type|id                 current version (v, del, lu, doc, phi, idx)
 history    pk=tenant|type|id, v=version      one item per version, never rewritten
 provenance pk=tenant|id                      Provenance records (immutable)
-index      pk=tenant|type|param|value, sk=order|id   search index items, written in the same
-           transaction as the version they describe
+index      pk=tenant|type|param|key, sk=id|version  search index items (docs/SEARCH.md), written in or
+           beside the transaction of the version they describe; change log and Provenance index items
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ TABLE_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
 MAX_ITEM_BYTES = 380_000  # DynamoDB's limit is 400 KB; leave room for attribute names and index refs
 BATCH_GET_LIMIT = 100
 TRANSACTION_ITEM_LIMIT = 100  # DynamoDB TransactWriteItems
+BATCH_WRITE_LIMIT = 25
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -302,8 +303,47 @@ class Store:
                         "ConditionExpression": "attribute_not_exists(pk)"}}
 
     def index_put(self, entry: IndexEntry) -> dict[str, Any]:
-        item = _item({"pk": entry.partition, "sk": entry.sort, "rid": entry.resource_id})
+        item = _item({"pk": entry.partition, "sk": entry.sort, "rid": entry.resource_id,
+                      "del": True if entry.deleted else None})
         return {"Put": {"TableName": self._s.index_table, "Item": item}}
+
+    def put_index_items(self, entries: Sequence[IndexEntry]) -> None:
+        """Idempotent puts outside any transaction (search index items, docs/SEARCH.md)."""
+        self._batch_write([self.index_put(e)["Put"]["Item"] for e in entries], [])
+
+    def delete_index_items(self, refs: Sequence[str]) -> None:
+        keys = [self.index_delete(ref)["Delete"]["Key"] for ref in refs]
+        self._batch_write([], keys)
+
+    def _batch_write(self, puts: list[dict[str, Any]], deletes: list[dict[str, Any]]) -> None:
+        requests = [{"PutRequest": {"Item": i}} for i in puts] + [{"DeleteRequest": {"Key": k}} for k in deletes]
+        for start in range(0, len(requests), BATCH_WRITE_LIMIT):
+            pending: dict[str, Any] = {self._s.index_table: requests[start : start + BATCH_WRITE_LIMIT]}
+            for attempt in range(8):
+                pending = self._ddb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
+            else:
+                raise ClientError(
+                    {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "batch write"}},
+                    "BatchWriteItem",
+                )
+
+    def change_log_entries(self, partition: str) -> list[tuple[str, bool]]:
+        """Every entry of a change-log partition, oldest first, keys and delete flags only."""
+        found: list[tuple[str, bool]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._s.index_table, "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _av(partition)}, "ProjectionExpression": "sk, #d",
+            "ExpressionAttributeNames": {"#d": "del"}, "ConsistentRead": True,
+        }
+        while True:
+            response = self._ddb.query(**kwargs)
+            found.extend((i["sk"]["S"], bool(i.get("del", {}).get("BOOL", False))) for i in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return found
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def _guard_put(self, write: ResourceWrite) -> dict[str, Any]:
         assert write.unique_guard is not None
@@ -336,7 +376,7 @@ class Store:
         # One item per key: two values whose truncated tokens collide share one index item, and one
         # transaction must not touch an item twice (DynamoDB rejects the whole call).
         entries = unique_entries(write.index_entries)
-        new_refs = [e.ref for e in entries]
+        new_refs = [e.ref for e in (*entries, *unique_entries(write.deferred_index))]
         current = _item({"pk": pk, **attrs, "idx": new_refs or None})
         put_current: dict[str, Any] = {
             "TableName": self._s.resources_table,
@@ -435,12 +475,14 @@ class Store:
         extra = {"idx": new_refs or None} if index_entries else {"m": version.method, "st": version.status}
         put = {"TableName": table, "Item": _item({"pk": item["pk"], **attrs, **extra}),
                "ConditionExpression": "v = :v", "ExpressionAttributeValues": {":v": _av(version.version)}}
-        items = [{"Put": put}, *(self.index_put(e) for e in new_entries if e.ref not in old_refs),
-                 *(self.index_delete(ref) for ref in sorted(old_refs - set(new_refs)))]
+        # Search index items go beside the transaction (a Patient has more than one transaction holds):
+        # new keys first, then the version, then the old keys; a crash leaves extra items, never missing ones.
+        self.put_index_items([e for e in new_entries if e.ref not in old_refs])
         try:
-            self.transact(items, str(uuid.uuid4()))
+            self.transact([{"Put": put}], str(uuid.uuid4()))
         except VersionConflict:
             return False  # written meanwhile: the new version already uses the current key
+        self.delete_index_items(sorted(old_refs - set(new_refs)))
         return True
 
     def reencrypt_provenance_item(self, item: dict[str, Any], current_kv: str) -> bool:

@@ -2,7 +2,10 @@
 
 - every current item has history items for versions 1..v, contiguous, the last equal to it;
 - every version has exactly one Provenance whose target is that version (the one its write stored);
-- every index item a current version owns exists, and every hashed index item belongs to a live version;
+- every index item a current version owns (`idx`) exists, and `idx` lists every search index item the
+  version's content needs (docs/SEARCH.md). Search index items of older versions, and orphans of writes
+  that failed, are expected (searches re-check every candidate and cleanup is lazy): they are counted
+  per tenant as stale, not reported; `--repair-index` writes missing items and deletes stale ones;
 - every history item is in the tenant's change log (type and system level);
 - every sealed element decrypts (tag, key version and AAD all check), current items included.
 
@@ -17,8 +20,8 @@ three passes that need nothing from one another:
 2. Provenance, page by page: every record decrypts, and the index items derived from it exist. That
    is what makes pass 1's lookup through the `target` index complete: a Provenance missing from its
    target partition is reported here.
-3. Index, page by page: each hashed index item's owner (the current item its sort key names, read
-   keys-and-`idx` only) still lists it.
+3. Index, page by page: each search index item's owner (the current item its sort key names, read
+   keys-and-`idx` only) still lists it; those it does not are stale.
 
 The alternative, loading whole tables and joining them in memory, is what this replaces: it does not
 scale with the data, and its one shared loop variable once made it check only one tenant.
@@ -45,7 +48,8 @@ from esus.container import Services
 from esus.errors import IntegrityFailure
 from esus.fhir import PROVENANCE
 from esus.model import IndexEntry, Version
-from esus.search import HASHED_PARAMS
+from esus.search_index import parse_sort_key, search_entry_from_ref
+from esus.searchparams import params_for
 from esus.store import (
     ALL_TYPES,
     change_log_partition,
@@ -57,7 +61,6 @@ from esus.store import (
     split_resource_key,
 )
 
-HASHED = frozenset(param for params in HASHED_PARAMS.values() for param in params)
 RECHECKS = 3  # a resource written this often while it is checked is reported as found
 PROVENANCE_BATCH = 100
 
@@ -68,6 +71,8 @@ class TenantReport:
     versions: int = 0
     provenances: int = 0
     index_items: int = 0
+    stale_index_items: int = 0  # search items of older versions or failed writes: harmless, cleaned lazily
+    repaired_index_items: int = 0  # with repair: missing items written plus stale items deleted
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -110,9 +115,10 @@ class VerifyReport:
         return all(t.ok for t in self.tenants.values())
 
 
-def verify_all(services: Services, tenant: str | None = None) -> VerifyReport:
-    """All tenants, or only `tenant`'s items (every key begins with the tenant)."""
-    checker = _Checker(services, tenant)
+def verify_all(services: Services, tenant: str | None = None, repair_index: bool = False) -> VerifyReport:
+    """All tenants, or only `tenant`'s items (every key begins with the tenant). With `repair_index`,
+    missing search index items are written (from `idx`) and stale ones deleted instead of reported."""
+    checker = _Checker(services, tenant, repair_index)
     checker.check_resources()
     checker.check_provenance()
     checker.check_index()
@@ -129,9 +135,11 @@ class _WriteProvenance:
 
 
 class _Checker:
-    def __init__(self, services: Services, tenant: str | None) -> None:
+    def __init__(self, services: Services, tenant: str | None, repair_index: bool) -> None:
         self.settings, self.store = services.settings, services.store
+        self.resources, self.keyring = services.resources, services.keyring
         self.only = tenant
+        self.repair_index = repair_index
         self.report = VerifyReport()
 
     # ---------- pass 1: resources, their history, Provenance, change log and index items ----------
@@ -186,11 +194,29 @@ class _Checker:
                          for number, level, index_key in change_log if index_key not in present]
         if numbers != list(range(1, current_number + 1)):
             problems.insert(0, f"{key}: history versions {numbers} are not 1..{current_number}")
-        entries = [IndexEntry.from_ref(str(ref)) for ref in item.get("idx") or ()]
+        refs = [str(ref) for ref in item.get("idx") or ()]
+        entries = [search_entry_from_ref(ref) for ref in refs]
         present = self._index_present((e.partition, e.sort) for e in entries)
-        problems += [f"{key}: index item {e.partition} is missing" for e in entries
-                     if (e.partition, e.sort) not in present]
+        missing = [e for e in entries if (e.partition, e.sort) not in present]
+        if missing and self.repair_index:
+            self.store.put_index_items(missing)
+            self.report.tenant(tenant).repaired_index_items += len(missing)
+        else:
+            problems += [f"{key}: index item {e.partition} is missing (esus verify --repair-index writes it)"
+                         for e in missing]
+        if current is not None and current.resource is not None:
+            problems += self._unlisted_index(key, tenant, current, set(refs))
         return problems, len(numbers)
+
+    def _unlisted_index(self, key: str, tenant: str, current: Version, listed: set[str]) -> list[str]:
+        """`idx` must list every index item the content needs. Tokens carry their key version, so the
+        recomputation (under the current key) is comparable only once the item is under that key."""
+        current_kv = f"k{self.keyring.current_version()}."
+        if any(_sealed_key(ref) and not _sealed_key(ref).startswith(current_kv) for ref in listed):
+            return []  # tokens under an older key: `esus reencrypt` moves them, then it is checked
+        needed = {e.ref for e in self.resources.index_entries(tenant, current)}
+        unlisted = needed - listed
+        return [f"{key}: idx does not list {len(unlisted)} index item(s) its content needs"] if unlisted else []
 
     def _decode(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any], label: str,
                 problems: list[str]) -> Version | None:
@@ -243,23 +269,22 @@ class _Checker:
                     self.report.tenant(key_tenant(key)).problems.append(
                         f"{key}: index item {entry.partition} is missing")
 
-    # ---------- pass 3: hashed index items belong to a live version ----------
+    # ---------- pass 3: search index items a current version no longer lists are stale ----------
     def check_index(self) -> None:
         for page in self.store.scan_pages(self.settings.index_table, self.only):
-            hashed: list[IndexEntry] = []
+            searchable: list[IndexEntry] = []
             for item in page:
                 partition, sort = str(item["pk"]), str(item["sk"])
                 self.report.tenant(key_tenant(partition)).index_items += 1
-                parts = partition.split("|")
-                if len(parts) == 4 and parts[2] in HASHED:
-                    hashed.append(IndexEntry(partition, sort, index_sort_id(sort)))
-            orphans = self._unowned(hashed)
-            if orphans:  # a write may have moved them meanwhile: judge them as they are now
-                still_there = self._index_present((e.partition, e.sort) for e in orphans)
-                orphans = self._unowned([e for e in orphans if (e.partition, e.sort) in still_there])
-            for entry in orphans:
-                self.report.tenant(key_tenant(entry.partition)).problems.append(
-                    f"index item {entry.partition} / {entry.sort} belongs to no live version")
+                if is_search_partition(partition):
+                    searchable.append(IndexEntry(partition, sort, parse_sort_key(sort)[0]))
+            stale = self._unowned(searchable)
+            if stale and self.repair_index:
+                self.store.delete_index_items([e.ref for e in stale])
+            for entry in stale:
+                tenant_report = self.report.tenant(key_tenant(entry.partition))
+                tenant_report.stale_index_items += 1
+                tenant_report.repaired_index_items += int(self.repair_index)
 
     def _unowned(self, entries: list[IndexEntry]) -> list[IndexEntry]:
         def owner(entry: IndexEntry) -> str:
@@ -275,6 +300,21 @@ class _Checker:
         wanted = [{"pk": partition, "sk": sort} for partition, sort in keys]
         found = self.store.get_many(self.settings.index_table, wanted, attributes=("pk", "sk")) if wanted else []
         return {(str(i["pk"]), str(i["sk"])) for i in found}
+
+
+def is_search_partition(partition: str) -> bool:
+    """tenant|Type|param|key of a search parameter of a resource type (Provenance keeps its own index,
+    checked with the Provenance records; change-log and guard partitions are not search items)."""
+    parts = partition.split("|", 3)
+    return len(parts) == 4 and parts[1] != PROVENANCE and parts[2] in params_for(parts[1])
+
+
+def _sealed_key(ref: str) -> str:
+    """The HMAC token (`k<version>.<hex>`) of a search index ref on a sealed element, else ""."""
+    partition = ref.split("\n", 1)[0]
+    parts = partition.split("|", 3)
+    param = params_for(parts[1]).get(parts[2]) if len(parts) == 4 else None
+    return parts[3] if param is not None and not param.clear else ""
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -6,6 +6,7 @@ import json
 import re
 from email.utils import parsedate_to_datetime
 
+from esus.searchparams import params_for
 from tests.conftest import RunningStack, load_example, new_tenant, strip_server_fields
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -182,7 +183,11 @@ def test_capability_statement_is_public_and_truthful(stack: RunningStack) -> Non
     assert {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
             "search-type"} <= {
         i["code"] for i in patient["interaction"]}
-    assert {p["name"] for p in patient["searchParam"]} == {"phone", "email", "telecom", "identifier"}
+    # exactly the generated table's parameters (issue 12), each with its type
+    assert {(p["name"], p["type"]) for p in patient["searchParam"]} == {
+        (code, param.type) for code, param in params_for("Patient").items()}
+    assert {"name", "birthdate", "phone", "email", "telecom", "identifier", "_id", "_lastUpdated"} <= {
+        p["name"] for p in patient["searchParam"]}
     assert {i["code"] for i in resources["Provenance"]["interaction"]} == {"create", "read", "vread", "search-type"}
 
 

@@ -107,7 +107,9 @@ def test_rotation_and_reencryption_keep_the_store_verifiable(local: InProcessSta
     rotate_root_key(local.secrets, settings.root_key_secret_id)
     use_services(build_services(settings, local.ddb, local.secrets))  # a fresh keyring sees the new version
     moved = reencrypt_all(services())
-    assert moved.current_items == 1 and moved.history_items == 3 and not moved.failed_keys  # sealed items only
+    # Sealed items only: the Patient's history, and both current items (the Observation's search tokens,
+    # e.g. combo-code, are HMACs under the old key and move too).
+    assert moved.current_items == 2 and moved.history_items == 3 and not moved.failed_keys
     current = _get(settings.resources_table, {"pk": {"S": f"acme|Patient|{pid}"}}, local)
     newest = _get(settings.history_table, {"pk": {"S": f"acme|Patient|{pid}"}, "v": {"N": "4"}}, local)
     assert current["phi"] != newest["phi"]
@@ -215,16 +217,33 @@ def damage_missing_index_item(local: InProcessStack, tenant: str, pid: str) -> t
     current = _get(settings.resources_table, {"pk": {"S": _key(tenant, pid)}}, local)
     partition, sort = current["idx"]["L"][0]["S"].split("\n", 1)
     undo = _delete(local, settings.index_table, {"pk": {"S": partition}, "sk": {"S": sort}})
-    return undo, [f"{_key(tenant, pid)}: index item {partition} is missing"]
+    return undo, [f"{_key(tenant, pid)}: index item {partition} is missing (esus verify --repair-index writes it)"]
 
 
-def damage_orphan_index_item(local: InProcessStack, tenant: str, pid: str) -> tuple[Undo, list[str]]:
+def damage_unlisted_index_item(local: InProcessStack, tenant: str, pid: str) -> tuple[Undo, list[str]]:
+    """The current item's idx no longer names one of the search items its content needs."""
+    def drop_first(item: dict[str, Any]) -> None:
+        item["idx"] = {"L": item["idx"]["L"][1:]}
+
+    undo = _replace(local, get_settings().resources_table, {"pk": {"S": _key(tenant, pid)}}, drop_first)
+    return undo, [f"{_key(tenant, pid)}: idx does not list 1 index item(s) its content needs"]
+
+
+def test_orphan_search_items_are_counted_stale_not_reported(local: InProcessStack, three: dict[str, str]) -> None:
+    """An index item no current version lists (an older version's, or a failed write's) never matches a
+    search (every candidate is re-checked), so it is stale: counted for its tenant, removed by repair."""
     table, ddb = get_settings().index_table, local.ddb._client
-    partition = f"{tenant}|Patient|phone|k1.dead"
-    key = {"pk": {"S": partition}, "sk": {"S": pid}}
-    ddb.put_item(TableName=table, Item={**key, "rid": {"S": pid}})
-    return (lambda: ddb.delete_item(TableName=table, Key=key)), [
-        f"index item {partition} / {pid} belongs to no live version"]
+    baseline = verify_all(services())
+    partition = "acme|Patient|phone|k1.dead"
+    key = {"pk": {"S": partition}, "sk": {"S": f"{three['acme']}|{1:012d}"}}
+    ddb.put_item(TableName=table, Item={**key, "rid": {"S": three["acme"]}})
+    report = verify_all(services())
+    assert report.ok, report.problems
+    assert report.tenant("acme").stale_index_items == baseline.tenant("acme").stale_index_items + 1
+    assert report.tenant("beta").stale_index_items == baseline.tenant("beta").stale_index_items
+    verify_all(services(), repair_index=True)
+    assert "Item" not in ddb.get_item(TableName=table, Key=key)
+    assert verify_all(services()).tenant("acme").stale_index_items == 0
 
 
 def damage_change_log(local: InProcessStack, tenant: str, pid: str) -> tuple[Undo, list[str]]:
@@ -263,12 +282,14 @@ def damage_current_differs(local: InProcessStack, tenant: str, pid: str) -> tupl
         item["doc"] = {"S": item["doc"]["S"].replace('"active":true', '"active":false')}
 
     undo = _replace(local, get_settings().resources_table, {"pk": {"S": key}}, edit)
-    return undo, [f"{key}: current item differs from history v4"]
+    # The edited content also needs other `active` index items than idx lists.
+    return undo, [f"{key}: current item differs from history v4",
+                  f"{key}: idx does not list 2 index item(s) its content needs"]
 
 
 @pytest.mark.parametrize("damage", [
     damage_history_version, damage_missing_provenance, damage_duplicate_provenance, damage_missing_index_item,
-    damage_orphan_index_item, damage_change_log, damage_history_ciphertext, damage_current_ciphertext,
+    damage_unlisted_index_item, damage_change_log, damage_history_ciphertext, damage_current_ciphertext,
     damage_provenance_ciphertext, damage_current_differs,
 ])
 def test_each_damage_is_reported_for_its_tenant_only(
