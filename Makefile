@@ -30,13 +30,13 @@ typecheck: setup
 test: lint typecheck
 	$(BIN)/pytest
 
-# template.yaml's per-function block, from the route table in infra/esus_dev/routes.py.
+# template.yaml's per-function block, from the route table in infra/esus_dev/codegen/routes.py.
 template: setup
-	$(BIN)/python -m esus_dev.template_gen
+	$(BIN)/python -m esus_dev.codegen.template_gen
 
 bench: setup
 	$(BIN)/python -m esus_dev.bench
-	$(BIN)/python -m esus_dev.load
+	$(BIN)/python -m esus_dev.bench.load
 
 clean:
 	rm -rf $(VENV) .esus .pytest_cache .mypy_cache .ruff_cache .aws-sam

@@ -47,7 +47,7 @@ class RunningStack:
     output: list[str] = field(default_factory=list)
 
     def token(self, tenant: str, scope: str = "user/*.*", fhir_user: str | None = "Practitioner/123", **kw: Any) -> str:
-        from esus_dev.devkeys import mint_token
+        from esus_dev.localstack.devkeys import mint_token
 
         return mint_token(tenant, scope, fhir_user, directory=self.dev_dir, **kw)
 

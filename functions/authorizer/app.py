@@ -7,8 +7,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from esus.auth import KeysUnavailable, TokenVerifier, authorizer_context
 from esus.errors import Unauthorized
+from esus.security.auth import KeysUnavailable, TokenVerifier, authorizer_context
 from esus.settings import get_settings
 
 logger = Logger()

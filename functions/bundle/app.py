@@ -2,10 +2,10 @@
 
 from aws_lambda_powertools.event_handler import Response
 
-from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
-from esus.bundles import response_bundle
 from esus.container import services
-from esus.provenance import parse_x_provenance
+from esus.domain.provenance import parse_x_provenance
+from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.bundle_render import response_bundle
 
 app = create_app()
 

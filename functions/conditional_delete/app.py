@@ -2,9 +2,9 @@
 
 from aws_lambda_powertools.event_handler import Response
 
-from esus.api import FhirRequest, create_app, fhir_response, lambda_entry, version_headers
 from esus.container import services
-from esus.provenance import parse_x_provenance
+from esus.domain.provenance import parse_x_provenance
+from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry, version_headers
 
 app = create_app()
 

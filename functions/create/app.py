@@ -2,10 +2,10 @@
 
 from aws_lambda_powertools.event_handler import Response
 
-from esus.api import FhirRequest, create_app, lambda_entry, provenance_version, write_response
 from esus.container import services
-from esus.fhir import PROVENANCE
-from esus.provenance import parse_x_provenance
+from esus.domain.fhir import PROVENANCE
+from esus.domain.provenance import parse_x_provenance
+from esus.http.api import FhirRequest, create_app, lambda_entry, provenance_version, write_response
 
 app = create_app()
 

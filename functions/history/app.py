@@ -2,9 +2,9 @@
 
 from aws_lambda_powertools.event_handler import Response
 
-from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
-from esus.bundles import history_bundle
 from esus.container import services
+from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.bundle_render import history_bundle
 
 app = create_app()
 

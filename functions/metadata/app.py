@@ -2,8 +2,8 @@
 
 from aws_lambda_powertools.event_handler import Response
 
-from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
-from esus.capability import capability_statement
+from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.capability import capability_statement
 from esus.settings import get_settings
 
 app = create_app()

@@ -4,8 +4,8 @@ import json
 
 from aws_lambda_powertools.event_handler import Response
 
-from esus.api import FhirRequest, create_app, lambda_entry
-from esus.openapi import openapi_document
+from esus.http.api import FhirRequest, create_app, lambda_entry
+from esus.http.openapi import openapi_document
 
 app = create_app()
 

@@ -2,9 +2,9 @@
 
 from aws_lambda_powertools.event_handler import Response
 
-from esus.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
 from esus.container import services
-from esus.fhir import PROVENANCE
+from esus.domain.fhir import PROVENANCE
+from esus.http.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
 
 app = create_app()
 

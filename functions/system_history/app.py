@@ -2,10 +2,10 @@
 
 from aws_lambda_powertools.event_handler import Response
 
-from esus.api import FhirRequest, create_app, fhir_response, lambda_entry
-from esus.auth import ALL_TYPES
-from esus.bundles import history_bundle
 from esus.container import services
+from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.bundle_render import history_bundle
+from esus.security.auth import ALL_TYPES
 
 app = create_app()
 

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from esus_dev import stackstate
-from esus_dev.devkeys import dev_dir, mint_token
+from esus_dev.localstack import stackstate
+from esus_dev.localstack.devkeys import dev_dir, mint_token
 
 AIM_AWS = "aim the command elsewhere with --deployed (ESUS_* settings, AWS credentials) or --endpoint URL"
 # Error codes AWS answers when the credentials themselves are wrong, and when they lack a permission.
@@ -43,7 +43,7 @@ def _repo() -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from esus_dev.localstack import LocalStack
+    from esus_dev.localstack.stack import LocalStack
 
     os.environ.setdefault("ESUS_ROOT_KEY_MAX_AGE_SECONDS", "5")
     stack = LocalStack(_repo())
@@ -105,7 +105,7 @@ def _client(service: Literal["dynamodb", "secretsmanager"], endpoint: str | None
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> None:
-    from esus.rotation import rotate_root_key
+    from esus.ops.rotation import rotate_root_key
 
     settings, endpoint = _target(args)
     version = rotate_root_key(_client("secretsmanager", endpoint), settings.root_key_secret_id)
@@ -115,7 +115,7 @@ def cmd_rotate_key(args: argparse.Namespace) -> None:
 
 def cmd_reencrypt(args: argparse.Namespace) -> None:
     from esus.container import build_services
-    from esus.rotation import reencrypt_all
+    from esus.ops.rotation import reencrypt_all
 
     settings, endpoint = _target(args)
     services = build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint))
@@ -130,7 +130,7 @@ def cmd_reencrypt(args: argparse.Namespace) -> None:
 
 
 def cmd_openapi(args: argparse.Namespace) -> None:
-    from esus.openapi import openapi_document
+    from esus.http.openapi import openapi_document
 
     print(json.dumps(openapi_document(args.base_url), indent=2, sort_keys=True))
 
@@ -142,7 +142,7 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     from esus.container import build_services
-    from esus.verify import verify_all
+    from esus.ops.verify import verify_all
 
     settings, endpoint = _target(args)
     services = build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint))
@@ -179,7 +179,7 @@ def explain(exc: BaseException, args: argparse.Namespace) -> str | None:
     """One line for a foreseeable operator error; None for anything else (a bug keeps its traceback)."""
     from botocore import exceptions as aws
 
-    from esus_dev.localstack import ServeError
+    from esus_dev.localstack.stack import ServeError
 
     if isinstance(exc, OperatorError | stackstate.NoLocalStack | ServeError):
         return str(exc)

@@ -671,7 +671,7 @@ def token_tenant(token: str) -> str | None:
 
 def config_from_args(args: argparse.Namespace, dev_dir: Path) -> ImportConfig:
     """Resolve defaults: the running local stack's URL, ESUS_TOKEN, or a minted dev token."""
-    from esus_dev import stackstate
+    from esus_dev.localstack import stackstate
 
     if args.base_url:
         local = stackstate.recorded_for(dev_dir, args.base_url) or {}
@@ -683,7 +683,7 @@ def config_from_args(args: argparse.Namespace, dev_dir: Path) -> ImportConfig:
     if not token:
         if not is_local:
             raise UsageError("pass --token or set ESUS_TOKEN to import into a deployed API")
-        from esus_dev.devkeys import mint_token
+        from esus_dev.localstack.devkeys import mint_token
 
         token = mint_token(args.tenant, "system/*.cruds", lifetime_seconds=12 * 3600, directory=dev_dir)
     tenant = token_tenant(token) or args.tenant
@@ -701,7 +701,7 @@ def config_from_args(args: argparse.Namespace, dev_dir: Path) -> ImportConfig:
 
 
 def main(args: argparse.Namespace, dev_dir: Path) -> int:
-    from esus_dev.stackstate import NoLocalStack
+    from esus_dev.localstack.stackstate import NoLocalStack
 
     try:
         config = config_from_args(args, dev_dir)

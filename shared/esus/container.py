@@ -9,16 +9,17 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from esus.bundle_service import BundleService
-from esus.conditional import ConditionalService
-from esus.crypto import BlindIndex, CursorSigner, FieldCipher, KeyRing
-from esus.phi import ResourceCodec
-from esus.provenance_service import ProvenanceService
-from esus.search_index import SearchKeys
-from esus.search_service import SearchService
-from esus.service import ResourceService
+from esus.domain.bundles import BundleService
+from esus.domain.conditional import ConditionalService
+from esus.domain.provenance_service import ProvenanceService
+from esus.domain.resources import ResourceService
+from esus.domain.search import SearchService
+from esus.domain.search_index import SearchKeys
+from esus.http.api import error_for
+from esus.security.crypto import BlindIndex, CursorSigner, FieldCipher, KeyRing
+from esus.security.phi import ResourceCodec
 from esus.settings import Settings, get_settings
-from esus.store import Store
+from esus.storage.store import Store
 
 AWS_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5, tcp_keepalive=True
@@ -66,7 +67,7 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
         provenance=ProvenanceService(store, settings),
         search=search,
         conditional=conditional,
-        bundles=BundleService(store, resources, conditional),
+        bundles=BundleService(store, resources, conditional, error_for),
     )
 
 

@@ -1,4 +1,4 @@
-"""Domain errors. Each carries its HTTP status and FHIR issue code; mapped to HTTP in esus.api only."""
+"""Domain errors. Each carries its HTTP status and FHIR issue code; mapped to HTTP in esus.http.api only."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from esus.fhir import RESOURCE_TYPES
+from esus.domain.fhir import RESOURCE_TYPES
 from tests.conftest import RunningStack, load_example, new_tenant
 from tests.fhir_minimal import SCHEMA, minimal_instance
 

@@ -55,7 +55,7 @@ def _hs256_with_public_key(stack: RunningStack, tenant: str) -> str:
     import hmac
     import json
 
-    from esus_dev.devkeys import public_key_pem
+    from esus_dev.localstack.devkeys import public_key_pem
 
     def b64(raw: bytes) -> str:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

@@ -6,7 +6,7 @@ import json
 import re
 from email.utils import parsedate_to_datetime
 
-from esus.searchparams import params_for
+from esus.domain.search_params import params_for
 from tests.conftest import RunningStack, load_example, new_tenant, strip_server_fields
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

@@ -7,8 +7,8 @@ import json
 
 from openapi_spec_validator import validate
 
-from esus.openapi import openapi_document
-from esus_dev.template import TemplateModel, load_template
+from esus.http.openapi import openapi_document
+from esus_dev.localstack.template import TemplateModel, load_template
 from tests.conftest import REPO, RunningStack
 
 DOCUMENTED = REPO / "docs" / "openapi.json"

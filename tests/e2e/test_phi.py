@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from esus.search import normalise_email, normalise_phone
+from esus.domain.search_legacy import normalise_email, normalise_phone
 from tests.conftest import EXAMPLES, REPO, SYNTHEA, RunningStack, new_tenant
 
 MIN_PROBE = 5  # shorter strings could occur by chance inside kilobytes of ciphertext

@@ -10,7 +10,7 @@ import schemathesis
 from fhir.resources.R4B import get_fhir_model_class
 from hypothesis import HealthCheck, settings
 
-from esus.openapi import openapi_document
+from esus.http.openapi import openapi_document
 from tests.conftest import RunningStack, new_tenant
 
 schema = schemathesis.openapi.from_dict(openapi_document("http://127.0.0.1/fhir"))

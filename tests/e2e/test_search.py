@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esus.fhirsearch import matches, parse_search
+from esus.domain.search_semantics import matches, parse_search
 from tests.conftest import RunningStack, new_tenant
 
 LOINC = "http://loinc.org"

@@ -12,8 +12,8 @@ from moto import mock_aws
 
 from esus.container import build_services, services, use_services
 from esus.settings import get_settings
-from esus_dev.devkeys import mint_token
-from esus_dev.localstack import GatewayResult, LocalStack
+from esus_dev.localstack.devkeys import mint_token
+from esus_dev.localstack.stack import GatewayResult, LocalStack
 from tests.conftest import REPO
 
 

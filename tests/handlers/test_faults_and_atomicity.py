@@ -159,7 +159,7 @@ def test_configured_public_base_url_is_used_for_absolute_urls(local: InProcessSt
 def consistent_after(local: InProcessStack):
     """After the test's faults, the whole store must still satisfy every integrity invariant."""
     yield local
-    from esus.verify import verify_all
+    from esus.ops.verify import verify_all
 
     for operation in list(local.ddb.faults):
         del local.ddb.faults[operation]

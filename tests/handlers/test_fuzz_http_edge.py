@@ -10,7 +10,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esus_dev.localstack import GatewayResult
+from esus_dev.localstack.stack import GatewayResult
 from tests.handlers.conftest import InProcessStack
 
 TYPES = st.sampled_from(["Patient", "Observation", "Organization", "Provenance", "Nope", "patient", ""])
@@ -73,7 +73,7 @@ def test_http_edge_never_fails_badly(local: InProcessStack, method: str, resourc
         path += "?" + "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in search.items())
     from pathlib import Path
 
-    from esus_dev.devkeys import mint_token
+    from esus_dev.localstack.devkeys import mint_token
 
     token = mint_token("fuzz", "user/*.*", "Practitioner/1", directory=Path(local.dev_dir))
     all_headers = {"Authorization": f"Bearer {token}", "Host": "fhir.test", **headers}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from esus.settings import get_settings
-from esus_dev.devkeys import mint_token
+from esus_dev.localstack.devkeys import mint_token
 from tests.handlers.conftest import InProcessStack
 
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esus.auth import INTERACTION_SCOPES
-from esus_dev.localstack import GatewayResult
+from esus.security.auth import INTERACTION_SCOPES
+from esus_dev.localstack.stack import GatewayResult
 from tests.conftest import REPO
 from tests.handlers.conftest import InProcessStack
 

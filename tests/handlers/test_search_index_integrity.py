@@ -5,8 +5,8 @@ reported and repaired by `--repair-index`, which also removes the stale ones."""
 from __future__ import annotations
 
 from esus.container import services
+from esus.ops.verify import VerifyReport, verify_all
 from esus.settings import get_settings
-from esus.verify import VerifyReport, verify_all
 from tests.handlers.conftest import InProcessStack
 
 PATIENT = {"resourceType": "Patient", "name": [{"family": "Chalmers", "given": ["Peter"]}], "birthDate": "1974"}

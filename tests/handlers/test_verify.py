@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from esus import provenance as prov
 from esus.container import build_services, services, use_services
-from esus.rotation import reencrypt_all, rotate_root_key
+from esus.domain import provenance as prov
+from esus.ops.rotation import reencrypt_all, rotate_root_key
+from esus.ops.verify import VerifyReport, verify_all
 from esus.settings import get_settings
-from esus.store import change_log_partition, index_partition
-from esus.verify import VerifyReport, verify_all
+from esus.storage.store import change_log_partition, index_partition
 from tests.handlers.conftest import InProcessStack
 
 PATIENT = {"resourceType": "Patient", "telecom": [{"system": "phone", "value": "555-123-4567"}]}

@@ -11,9 +11,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from esus.container import services
-from esus.crypto import BlindIndex
-from esus.search import normalise_phone
-from esus.verify import verify_all
+from esus.domain.search_legacy import normalise_phone
+from esus.ops.verify import verify_all
+from esus.security.crypto import BlindIndex
 from tests.handlers.conftest import InProcessStack
 
 TABLES = ("resources_table", "history_table", "provenance_table", "index_table")

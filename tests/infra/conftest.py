@@ -31,7 +31,7 @@ READ_ONLY_FUNCTIONS = ("ReadFunction", "VreadFunction", "HistoryFunction", "Type
                        "AuthorizerFunction")
 
 # Values for the parameters without a default (the issuer/audience are the local stack's, so tokens minted by
-# esus_dev.devkeys verify against the deployed authorizer's configuration).
+# esus_dev.localstack.devkeys verify against the deployed authorizer's configuration).
 REQUIRED_PARAMETERS = {
     "JwtIssuer": "https://esus.local/issuer",
     "JwtAudience": "esus-fhir",
@@ -57,7 +57,7 @@ NOT_CREATED_BY_MOTO = {
 
 
 def load_raw_template() -> dict[str, Any]:
-    from esus_dev.template import load_template
+    from esus_dev.localstack.template import load_template
 
     return load_template(TEMPLATE)
 

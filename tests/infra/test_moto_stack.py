@@ -18,8 +18,8 @@ from urllib.parse import urlencode
 import boto3
 import pytest
 
-from esus_dev.lambda_runtime import LambdaContext, load_handler
-from esus_dev.template import TemplateModel
+from esus_dev.localstack.lambda_runtime import LambdaContext, load_handler
+from esus_dev.localstack.template import TemplateModel
 from tests.conftest import REPO
 from tests.infra.conftest import NOT_CREATED_BY_MOTO, READ_ONLY_FUNCTIONS, REGION, MotoStack, load_raw_template, of_type
 
@@ -63,7 +63,7 @@ def _key_schema(table: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
 
 
 def test_tables_are_exactly_those_the_code_expects(moto_stack: MotoStack) -> None:
-    from esus.store import TABLE_KEYS
+    from esus.storage.store import TABLE_KEYS
 
     ddb = boto3.client("dynamodb", region_name=REGION)
     referenced: set[str] = set()
@@ -87,7 +87,7 @@ def test_tables_are_exactly_those_the_code_expects(moto_stack: MotoStack) -> Non
 
 def test_settings_read_the_stack_from_each_function_environment(moto_stack: MotoStack) -> None:
     from esus.settings import Settings
-    from esus.store import TABLE_KEYS
+    from esus.storage.store import TABLE_KEYS
 
     for logical_id, config in moto_stack.functions.items():
         with function_environment(config["Environment"]["Variables"]):
@@ -113,7 +113,7 @@ def test_log_group_with_retention_for_every_function(moto_stack: MotoStack) -> N
 
 
 def test_generated_root_key_is_what_the_code_accepts(moto_stack: MotoStack) -> None:
-    from esus.crypto import RootKeys
+    from esus.security.crypto import RootKeys
 
     secret = boto3.client("secretsmanager", region_name=REGION).get_secret_value(SecretId=moto_stack.secret_arn)
     keys = RootKeys.parse(secret["SecretString"])
@@ -265,7 +265,7 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     """Every route's AWS-touching paths: create, read, vread, the three history levels, update and patch (index
     entries replaced), search by hashed PHI and Provenance by target, conditional create/update/delete, delete,
     transaction and batch Bundles, metadata, and the authorizer with a real token."""
-    from esus_dev.devkeys import mint_token, public_key_pem
+    from esus_dev.localstack.devkeys import mint_token, public_key_pem
 
     deployed = Deployed(moto_stack, tmp_path_factory.mktemp("infra-dev-keys"))
     token = mint_token("infratest", "user/*.*", "Practitioner/1", directory=deployed.dev_dir)
@@ -398,12 +398,12 @@ def test_iam_allows_exactly_the_calls_the_handler_makes(
     granted = _granted(moto_stack, logical_id)
     denied = {c for c in observed if not any(fnmatch.fnmatchcase(c[1], r) and c[0] == a for a, r in granted)}
     assert not denied, (
-        f"{logical_id} makes calls its IAM policy would deny (grant them in infra/esus_dev/routes.py, then "
+        f"{logical_id} makes calls its IAM policy would deny (grant them in infra/esus_dev/codegen/routes.py, then "
         f"`make template`): {sorted(denied)}")
     unused = granted - observed
     assert not unused, (
         f"{logical_id} is granted more than its handler uses (least privilege): {sorted(unused)}; drop them from "
-        "infra/esus_dev/routes.py (then `make template`), or exercise the path that needs them in the `exercised` "
+        "esus_dev/codegen/routes.py (then `make template`), or exercise the path that needs them in the `exercised` "
         "fixture")
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from esus_dev.lambda_runtime import load_handler
-from esus_dev.template import TemplateModel
+from esus_dev.localstack.lambda_runtime import load_handler
+from esus_dev.localstack.template import TemplateModel
 from tests.conftest import REPO
 from tests.infra.conftest import READ_ONLY_FUNCTIONS, TEMPLATE, of_type
 
@@ -70,14 +70,14 @@ def test_lint_detects_a_broken_template(tmp_path: Path) -> None:
 
 # ---------- the generated block ----------
 def test_template_is_current_with_the_route_table() -> None:
-    from esus_dev.template_gen import render
+    from esus_dev.codegen.template_gen import render
 
     text = TEMPLATE.read_text(encoding="utf-8")
-    assert render(text) == text, "template.yaml is not current with infra/esus_dev/routes.py: run `make template`"
+    assert render(text) == text, "template.yaml is not current with esus_dev/codegen/routes.py: run `make template`"
 
 
 def test_every_function_comes_from_the_route_table(raw_template: dict[str, Any]) -> None:
-    from esus_dev.routes import FUNCTIONS
+    from esus_dev.codegen.routes import FUNCTIONS
 
     assert set(of_type(raw_template, "AWS::Serverless::Function")) == {f.logical_id for f in FUNCTIONS}
     assert len({f.logical_id for f in FUNCTIONS}) == len(FUNCTIONS)
@@ -88,8 +88,8 @@ def test_a_table_change_changes_the_template() -> None:
     not resolve, shows up when the block is rendered."""
     import dataclasses
 
-    from esus_dev.routes import FUNCTIONS
-    from esus_dev.template_gen import render
+    from esus_dev.codegen.routes import FUNCTIONS
+    from esus_dev.codegen.template_gen import render
 
     text = TEMPLATE.read_text(encoding="utf-8")
     read = next(f for f in FUNCTIONS if f.name == "Read")
@@ -248,7 +248,7 @@ def test_every_gateway_error_is_a_fhir_operation_outcome(translated: dict[str, A
 
 # ---------- tables, key, secret ----------
 def test_tables_match_the_code_and_are_protected(raw_template: dict[str, Any], translated: dict[str, Any]) -> None:
-    from esus.store import TABLE_KEYS
+    from esus.storage.store import TABLE_KEYS
 
     env = raw_template["Globals"]["Function"]["Environment"]["Variables"]
     tables = of_type(translated, "AWS::DynamoDB::Table")
@@ -271,7 +271,7 @@ def test_tables_match_the_code_and_are_protected(raw_template: dict[str, Any], t
 
 
 def test_key_and_root_key_secret(translated: dict[str, Any]) -> None:
-    from esus.crypto import RootKeys
+    from esus.security.crypto import RootKeys
 
     (key_id, key), = of_type(translated, "AWS::KMS::Key").items()
     assert key["Properties"]["EnableKeyRotation"] is True
@@ -415,10 +415,10 @@ def test_alarms_cover_the_api_every_function_and_every_table(translated: dict[st
 
 def test_integrity_failures_alarm_watches_every_service(raw_template: dict[str, Any],
                                                         translated: dict[str, Any]) -> None:
-    import esus.api
+    import esus.http.api
 
-    source = Path(esus.api.__file__).read_text()
-    namespace = esus.api.metrics.namespace
+    source = Path(esus.http.api.__file__).read_text()
+    namespace = esus.http.api.metrics.namespace
     assert 'name="IntegrityFailures"' in source and namespace == "ESUS"
     assert raw_template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"] == namespace
     queries = [q["Expression"] for a in _alarms(translated).values() for q in a["Properties"].get("Metrics", [])
@@ -427,7 +427,7 @@ def test_integrity_failures_alarm_watches_every_service(raw_template: dict[str, 
     assert queries == ['SELECT SUM(IntegrityFailures) FROM SCHEMA("ESUS", service)']
     for logical_id, function in _functions(translated).items():
         path, _ = _handler_path(raw_template, logical_id)
-        if "esus.api" in path.read_text():  # handlers built on esus.api emit the metric, dimension service
+        if "esus.http.api" in path.read_text():  # handlers built on esus.http.api emit the metric, dimension service
             assert function["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"], logical_id
 
 

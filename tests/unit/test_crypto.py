@@ -8,9 +8,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from esus.crypto import BlindIndex, CursorSigner, FieldCipher, FieldContext, KeyRing, RootKeys
 from esus.errors import IntegrityFailure, InvalidRequest
-from esus.phi import ResourceCodec
+from esus.security.crypto import BlindIndex, CursorSigner, FieldCipher, FieldContext, KeyRing, RootKeys
+from esus.security.phi import ResourceCodec
 
 
 class Secret:

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from esus.bindings import allowed_codes, code_issues
+from esus.domain.bindings import allowed_codes, code_issues
+from esus.domain.fhir import RESOURCE_TYPES, SUPPORTED_TYPES, validate_resource
 from esus.errors import InvalidRequest
-from esus.fhir import RESOURCE_TYPES, SUPPORTED_TYPES, validate_resource
 from esus.fhir_types import NOT_GENERIC, WITHOUT_R4B_MODEL
-from esus_dev import gen_fhir_tables as gen
+from esus_dev.codegen import gen_fhir_tables as gen
 from tests.conftest import EXAMPLES, SYNTHEA
 
 if not gen.SCHEMA.exists():
@@ -25,8 +25,8 @@ SCHEMA_EXTRAS = {("DeviceDefinition", "classification"), ("HealthcareService", "
 
 def test_committed_tables_are_current() -> None:
     types_text, bindings_text = gen.render(gen.load_schema())
-    assert gen.TYPES_MODULE.read_text(encoding="utf-8") == types_text, "run python -m esus_dev.gen_fhir_tables"
-    assert gen.BINDINGS_JSON.read_text(encoding="utf-8") == bindings_text, "run python -m esus_dev.gen_fhir_tables"
+    assert gen.TYPES_MODULE.read_text(encoding="utf-8") == types_text, "run esus_dev.codegen.gen_fhir_tables"
+    assert gen.BINDINGS_JSON.read_text(encoding="utf-8") == bindings_text, "run esus_dev.codegen.gen_fhir_tables"
 
 
 def test_every_schema_type_is_served_or_explained() -> None:

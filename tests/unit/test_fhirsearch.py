@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esus.errors import InvalidRequest
-from esus.fhirsearch import (
+from esus.domain.search_params import params_for
+from esus.domain.search_semantics import (
     DateRange,
     date_lookup_terms,
     date_matches,
@@ -28,7 +28,7 @@ from esus.fhirsearch import (
     split_values,
     string_matches,
 )
-from esus.searchparams import params_for
+from esus.errors import InvalidRequest
 from tests.conftest import EXAMPLES
 
 

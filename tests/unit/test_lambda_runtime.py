@@ -1,4 +1,4 @@
-"""The one in-process stand-in for the Lambda runtime (esus_dev.lambda_runtime) used by the local stack, the
+"""The one in-process stand-in for the Lambda runtime (esus_dev.localstack.lambda_runtime) used by the local stack, the
 benchmark and the infra tests."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from esus_dev.lambda_runtime import LambdaContext, load_handler, load_module
+from esus_dev.localstack.lambda_runtime import LambdaContext, load_handler, load_module
 
 
 def test_context_has_what_powertools_reads() -> None:

@@ -9,13 +9,13 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from esus.domain.params import instant_param, page_size
+from esus.domain.resources import _json_patch, apply_bounded
 from esus.errors import InvalidRequest, PayloadTooLarge, Unprocessable
 from esus.limits import MAX_JSON_DEPTH, depth_exceeds, parse_json
 from esus.model import IndexEntry
-from esus.params import instant_param, page_size
-from esus.service import _json_patch, apply_bounded
 from esus.settings import Settings
-from esus.store import unique_entries
+from esus.storage.store import unique_entries
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -123,6 +123,6 @@ def test_unique_entries_keeps_one_item_per_key_in_order() -> None:
     ("9" * 5000, False), ("-1", False), ("", False),
 ])
 def test_version_ids_are_ascii_digits_that_fit(vid: str, valid: bool) -> None:
-    from esus.service import _is_version
+    from esus.domain.resources import _is_version
 
     assert _is_version(vid) is valid  # '²' passed str.isdigit() and then failed int(): a 500 on vread

@@ -1,4 +1,4 @@
-"""The local stack's patches of moto internals (esus_dev.moto_patches) fail loudly on a moto upgrade: the
+"""The local stack's patches of moto internals (esus_dev.localstack.moto_patches) fail loudly on a moto upgrade: the
 installed version must be one they were tested with, and the internals they rely on must still look as they
 did. The rollback itself is proven here in-process and, under concurrency, by tests/e2e/test_concurrency.py."""
 
@@ -15,14 +15,14 @@ import pytest
 from moto import mock_aws
 from packaging.requirements import Requirement
 
-from esus_dev import moto_patches
+from esus_dev.localstack import moto_patches
 from tests.conftest import REPO
 
 
 def test_installed_moto_is_the_tested_and_pinned_version() -> None:
     installed = metadata.version("moto")
     assert installed in moto_patches.TESTED_MOTO_VERSIONS, (
-        f"moto {installed} is not a version esus_dev.moto_patches was tested with: re-check the patches "
+        f"moto {installed} is not a version esus_dev.localstack.moto_patches was tested with: re-check the patches "
         "(see that module's docstring) before adding it to TESTED_MOTO_VERSIONS")
     dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
     (pin,) = [Requirement(r) for r in dev if Requirement(r).name == "moto"]

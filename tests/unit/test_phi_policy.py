@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from esus.crypto import FieldCipher, FieldContext, KeyRing, RootKeys
+from esus.domain.fhir import SUPPORTED_TYPES
 from esus.errors import IntegrityFailure
-from esus.fhir import SUPPORTED_TYPES
-from esus.phi import CLEAR_ELEMENTS, META_CLEAR, ResourceCodec, is_clear
+from esus.security.crypto import FieldCipher, FieldContext, KeyRing, RootKeys
+from esus.security.phi import CLEAR_ELEMENTS, META_CLEAR, ResourceCodec, is_clear
 from tests.conftest import SHARED_DATA
 
 SCHEMA = SHARED_DATA / "fhir-spec" / "r4" / "fhir.schema.json"
@@ -26,7 +26,7 @@ PHI_DATATYPES = {
 }
 # Never looked into: the codec seals any clear value that carries one of these (test below).
 CODEC_ENFORCED = {"id", "extension", "modifierExtension"}
-# Judgement call (esus.phi docstring): the text of a terminology concept describes the code, not the person.
+# Judgement call (esus.security.phi docstring): the text of a terminology concept describes the code, not the person.
 TERMINOLOGY_TEXT = {("CodeableConcept", "text"), ("Coding", "display"), ("Coding", "version")}
 # Documented exceptions: the server's write instant (stored in clear anyway, as the item's `lu`) and the audit
 # instant of a Provenance (for server-made records the same instant).

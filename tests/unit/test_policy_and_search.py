@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from esus.auth import CREATE, DELETE, READ, SEARCH, UPDATE, Principal
+from esus.domain.fhir import SUPPORTED_TYPES
+from esus.domain.search_legacy import hashed_index_values, hashed_query_value, normalise_email, normalise_phone
 from esus.errors import Forbidden
-from esus.fhir import SUPPORTED_TYPES
-from esus.phi import CLEAR_ELEMENTS, NAMED_PHI_ELEMENTS, is_clear
-from esus.search import hashed_index_values, hashed_query_value, normalise_email, normalise_phone
+from esus.security.auth import CREATE, DELETE, READ, SEARCH, UPDATE, Principal
+from esus.security.phi import CLEAR_ELEMENTS, NAMED_PHI_ELEMENTS, is_clear
 
 
 @pytest.mark.parametrize("resource_type", sorted(SUPPORTED_TYPES))

@@ -6,16 +6,16 @@ import json
 
 import pytest
 
-from esus.fhir import RESOURCE_TYPES
-from esus.searchparams import TABLE, params_for
-from esus_dev import gen_search_params
+from esus.domain.fhir import RESOURCE_TYPES
+from esus.domain.search_params import TABLE, params_for
+from esus_dev.codegen import gen_search_params
 
 
 def test_committed_table_is_current() -> None:
     if not gen_search_params.SOURCE.exists():
         pytest.fail(f"the official definitions must be next to the repo: {gen_search_params.SOURCE}")
     assert TABLE.read_text(encoding="utf-8") == gen_search_params.render(gen_search_params.generate()), \
-        "run: python -m esus_dev.gen_search_params"
+        "run: python -m esus_dev.codegen.gen_search_params"
     assert gen_search_params.main(["--check"]) == 0
 
 

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from esus.auth import KeysUnavailable, Principal, TokenVerifier, authorizer_context, reference_resource_type
 from esus.errors import Unauthorized
+from esus.security.auth import KeysUnavailable, Principal, TokenVerifier, authorizer_context, reference_resource_type
 from esus.settings import Settings
 
 ISSUER, AUDIENCE = "https://idp.test/issuer", "esus-fhir"

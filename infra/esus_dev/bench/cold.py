@@ -23,10 +23,10 @@ from esus_dev.bench.gateway import Client, TableJanitor
 from esus_dev.bench.recorder import call_counts, install_default_session_recorder
 from esus_dev.bench.report import BARE, ColdRow, Report
 from esus_dev.bench.scenario import patient_body, revised
-from esus_dev.lambda_runtime import LambdaContext, load_handler
+from esus_dev.localstack.lambda_runtime import LambdaContext, load_handler
 
 if TYPE_CHECKING:
-    from esus_dev.localstack import LocalStack
+    from esus_dev.localstack.stack import LocalStack
 
 COLD_REQUESTS: dict[str, tuple[str, str]] = {
     "MetadataFunction": ("GET", "/fhir/metadata"),

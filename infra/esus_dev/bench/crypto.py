@@ -27,8 +27,8 @@ def rate(operation: Callable[[], Any], seconds: float) -> float:
 
 
 def crypto_phase(report: Report, seconds: float) -> None:
-    from esus.crypto import BlindIndex, FieldCipher, FieldContext, KeyRing, RootKeys
-    from esus.phi import ResourceCodec
+    from esus.security.crypto import BlindIndex, FieldCipher, FieldContext, KeyRing, RootKeys
+    from esus.security.phi import ResourceCodec
 
     secret = RootKeys.generate().serialize()
     keyring = KeyRing(lambda: secret, 3600)

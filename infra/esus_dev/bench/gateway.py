@@ -17,7 +17,7 @@ from esus_dev.bench.recorder import AwsRecorder, install_default_session_recorde
 from esus_dev.bench.report import Sample
 
 if TYPE_CHECKING:
-    from esus_dev.localstack import GatewayResult, LocalStack
+    from esus_dev.localstack.stack import GatewayResult, LocalStack
 
 FHIR_JSON = "application/fhir+json"
 TOKEN_EVENT = "TOKEN"  # noqa: S105 (the authorizer event type, not a secret)
@@ -127,7 +127,7 @@ def start_stack(dev_dir: Path) -> tuple[LocalStack, AwsRecorder]:
     for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED"):
         os.environ[name] = "true"
     recorder = install_default_session_recorder()
-    from esus_dev.localstack import LocalStack
+    from esus_dev.localstack.stack import LocalStack
 
     stack = LocalStack(REPO, prefix="esus-bench")
     stack.start()
@@ -136,7 +136,7 @@ def start_stack(dev_dir: Path) -> tuple[LocalStack, AwsRecorder]:
 
 
 def new_client(stack: LocalStack, recorder: AwsRecorder) -> Client:
-    from esus_dev.devkeys import mint_token
+    from esus_dev.localstack.devkeys import mint_token
 
     tenant = f"bench-{uuid.uuid4().hex[:10]}"
     token = mint_token(tenant, "user/*.*", "Practitioner/bench", lifetime_seconds=3600)

@@ -1,0 +1,1 @@
+"""Generators of committed tables and template.yaml's per-function block (each with an is-current test)."""

@@ -1,0 +1,127 @@
+"""Generates shared/esus/domain/search_params_r4.json from the official R4 SearchParameter bundle.
+
+    python -m esus_dev.codegen.gen_search_params [--check]
+
+Per stored type, per parameter code: its type, its FHIRPath expression cut to the alternatives that
+start at that type, the reference target types, the target type a `.where(resolve() is T)` demanded
+(fhirpathpy cannot resolve, so the search filters on the reference's type instead) and whether every
+element the expression reads is a clear element (then index keys may hold the value itself).
+Composite, special and phonetic parameters, and parameters without an expression, are left out: they are not
+offered, so the CapabilityStatement never lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from esus.domain.fhir import RESOURCE_TYPES
+from esus.security.phi import CLEAR_COMMON, CLEAR_ELEMENTS
+
+REPO = Path(__file__).resolve().parents[3]
+SOURCE = REPO.parent / "shared" / "fhir-spec" / "r4" / "search-parameters.json"
+TARGET = REPO / "shared" / "esus" / "domain" / "search_params_r4.json"
+SUPPORTED_KINDS = ("number", "date", "string", "token", "reference", "quantity", "uri")
+# Parameters whose meaning is not their expression's value: a phonetic match needs an algorithm
+# (Soundex, Metaphone) the definition leaves open, so offering it as a plain string would lie.
+NOT_OFFERED = frozenset({"phonetic"})
+RESOLVE_IS = re.compile(r"\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)")
+
+
+def split_alternatives(expression: str) -> list[str]:
+    """`A | (B) | C.where(x | y)` -> ["A", "(B)", "C.where(x | y)"]: split on top-level unions only."""
+    parts: list[str] = []
+    depth, start = 0, 0
+    for i, char in enumerate(expression):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            parts.append(expression[start:i].strip())
+            start = i + 1
+    parts.append(expression[start:].strip())
+    return [p for p in parts if p]
+
+
+def _root(alternative: str) -> str:
+    return alternative.lstrip("(").split(".", 1)[0]
+
+
+def _elements(resource_type: str, alternatives: list[str]) -> set[str]:
+    """Top-level elements an expression reads (`Observation.value.ofType(Quantity)` -> value)."""
+    return {m.group(1) for a in alternatives for m in re.finditer(rf"\b{resource_type}\.([a-zA-Z]+)", a)}
+
+
+def _entry(resource_type: str, resource: dict[str, Any]) -> dict[str, Any] | None:
+    expression = str(resource.get("expression") or "")
+    kind = resource.get("type")
+    if not expression or kind not in SUPPORTED_KINDS or resource.get("code") in NOT_OFFERED:
+        return None
+    alternatives = []
+    for alternative in split_alternatives(expression):
+        root = _root(alternative)
+        if root == "Resource":
+            alternative = alternative.replace("Resource.", f"{resource_type}.", 1)
+        elif root != resource_type:
+            continue
+        alternatives.append(alternative)
+    if not alternatives:
+        return None
+    resolve_types = {m.group(1) for a in alternatives for m in RESOLVE_IS.finditer(a)}
+    if len(resolve_types) > 1:
+        return None  # no R4 parameter of a stored type needs this; refuse rather than guess
+    alternatives = [RESOLVE_IS.sub("", a) for a in alternatives]
+    clear_elements = CLEAR_COMMON | CLEAR_ELEMENTS.get(resource_type, frozenset())
+    entry: dict[str, Any] = {
+        "type": kind,
+        "expression": " | ".join(alternatives),
+        "clear": _elements(resource_type, alternatives) <= clear_elements,
+    }
+    if resource.get("target"):
+        entry["targets"] = sorted(resource["target"])
+    if resolve_types:
+        entry["resolve"] = resolve_types.pop()
+    return entry
+
+
+def generate(source: Path = SOURCE) -> dict[str, dict[str, dict[str, Any]]]:
+    bundle = json.loads(source.read_text(encoding="utf-8"))
+    table: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in sorted(RESOURCE_TYPES)}
+    for item in bundle["entry"]:
+        resource = item["resource"]
+        bases = set(resource.get("base") or ())
+        types = RESOURCE_TYPES if bases & {"Resource", "DomainResource"} else RESOURCE_TYPES & bases
+        for resource_type in sorted(types):
+            entry = _entry(resource_type, resource)
+            if entry is not None:
+                table[resource_type][str(resource["code"])] = entry
+    return {t: dict(sorted(params.items())) for t, params in table.items()}
+
+
+def render(table: dict[str, dict[str, dict[str, Any]]]) -> str:
+    return json.dumps(table, indent=1, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the committed table is not current")
+    args = parser.parse_args(argv)
+    text = render(generate())
+    if args.check:
+        current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
+        if current != text:
+            print(f"{TARGET} is not current: run python -m esus_dev.codegen.gen_search_params", file=sys.stderr)
+            return 1
+        return 0
+    TARGET.write_text(text, encoding="utf-8")
+    print(f"wrote {TARGET} ({sum(len(p) for p in json.loads(text).values())} parameters)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""The route table: one row per Lambda function, with its routes, its handler folder and the AWS actions it may
+use. This is the one place to read or change them.
+
+template.yaml's per-function resources (the function with its IAM policy and API events, its log group and its
+alarm) are generated from this table: after an edit run `make template` (python -m esus_dev.codegen.template_gen).
+tests/infra check that template.yaml is current, and that each row's actions are exactly the AWS calls its
+handler makes (test_moto_stack.py records them at runtime), so a missing or a superfluous grant fails there.
+
+Everything else in template.yaml (parameters, Globals, tables, keys, API, the other alarms, outputs) is written
+by hand in template.yaml itself. An environment variable every function needs goes into its Globals; one only
+some functions need goes into `env` below, e.g. "ESUS_SOMETHING": "!Ref SomeParameter".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Api:
+    """An API Gateway route served by the function (a SAM `Api` event)."""
+
+    method: str
+    path: str
+    public: bool = False  # True: no bearer token needed (the authorizer is not called)
+    event: str = ""  # the SAM event's name; default: the function's name
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One IAM statement on this stack's DynamoDB tables."""
+
+    sid: str
+    actions: str  # space-separated IAM actions
+    on: str  # space-separated logical ids of tables
+    why: str = ""  # written above the statement in template.yaml
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    """The PHI root key (secretsmanager:GetSecretValue on RootKeySecret) and the stack's KMS key, which each role
+    may use only through DynamoDB and Secrets Manager (kms:ViaService), never directly."""
+
+    kms_actions: str
+
+
+DECRYPT = KeyUse("kms:Decrypt kms:DescribeKey")
+ENCRYPT = KeyUse("kms:Decrypt kms:Encrypt kms:GenerateDataKey kms:DescribeKey")
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str  # "Create" -> resources CreateFunction, CreateLogs and CreateFunctionAlarm
+    folder: str  # functions/<folder>/app.py, function handler()
+    description: str
+    routes: tuple[Api, ...] = ()
+    grants: tuple[Grant, ...] = ()
+    keys: KeyUse | None = None
+    env: dict[str, str] = field(default_factory=dict)  # besides Globals; values: a plain string or "!Ref Name"
+    alarm_on_errors: bool = True  # False: the alarm watches throttles only
+
+    @property
+    def logical_id(self) -> str:
+        return f"{self.name}Function"
+
+    @property
+    def service(self) -> str:  # POWERTOOLS_SERVICE_NAME, the dimension of the service's own metrics
+        return "esus-" + self.folder.replace("_", "-")
+
+
+ALL_TABLES = "ResourcesTable HistoryTable ProvenanceTable IndexTable"
+WRITE_NEW_VERSION = Grant(
+    "WriteNewVersion", "dynamodb:PutItem", ALL_TABLES,
+    "One TransactWriteItems: Puts of the version, history, Provenance, change-log and index items.")
+DROP_STALE_INDEX = Grant(
+    "DropStaleIndex", "dynamodb:DeleteItem", "IndexTable",
+    "Deletes, in the same transaction, the index items the new version no longer has.")
+READ_CURRENT = Grant("ReadCurrent", "dynamodb:GetItem", "ResourcesTable")
+CONDITIONAL_SEARCH = (
+    Grant("SearchIndex", "dynamodb:Query", "IndexTable",
+          "The conditional search: index keys, then the matching current versions."),
+    Grant("ReadCurrent", "dynamodb:GetItem dynamodb:BatchGetItem", "ResourcesTable"),
+)
+READ_CHANGE_LOG = (
+    Grant("ReadChangeLog", "dynamodb:Query", "IndexTable"),
+    Grant("ReadVersions", "dynamodb:BatchGetItem", "HistoryTable"),
+)
+
+
+FUNCTIONS: tuple[Function, ...] = (
+    # API Gateway's TOKEN authorizer. It reports every rejected token as a function error (API Gateway's
+    # "Unauthorized" contract), so its Errors count attacks, not faults: its alarm watches throttles only, and its
+    # real failures surface as API 5xx (AUTHORIZER_FAILURE).
+    Function("Authorizer", "authorizer",
+             "Verifies bearer JWTs (RS256/ES256) and passes tenant, scope and fhirUser to the routes",
+             env={"ESUS_JWT_ISSUER": "!Ref JwtIssuer", "ESUS_JWT_AUDIENCE": "!Ref JwtAudience",
+                  "ESUS_JWKS_URL": "!Ref JwksUrl", "ESUS_JWKS_CACHE_SECONDS": "!Ref JwksCacheSeconds"},
+             alarm_on_errors=False),
+    Function("Metadata", "metadata", "GET /fhir/metadata (CapabilityStatement, no authentication)",
+             routes=(Api("GET", "/fhir/metadata", public=True),)),
+    Function("OpenApi", "openapi", "GET /fhir/openapi.json (OpenAPI description, no authentication)",
+             routes=(Api("GET", "/fhir/openapi.json", public=True),)),
+    Function("Create", "create", "POST /fhir/{type}",
+             routes=(Api("POST", "/fhir/{type}"),), keys=ENCRYPT, grants=(
+                 Grant("WriteNewVersion", "dynamodb:PutItem", ALL_TABLES,
+                       "One TransactWriteItems of Puts: version, history, Provenance, change-log and index items "
+                       "(and the If-None-Exist guard item)."),
+                 Grant("ConditionalCreateIndex", "dynamodb:GetItem dynamodb:Query", "IndexTable",
+                       "Conditional create (If-None-Exist): the guard item and the search's index keys, then the "
+                       "matches."),
+                 Grant("ConditionalCreateMatches", "dynamodb:GetItem dynamodb:BatchGetItem", "ResourcesTable"),
+                 Grant("ProvenanceTargets", "dynamodb:BatchGetItem", "ProvenanceTable",
+                       "POST /Provenance: every target must exist (current versions above, or Provenance records)."),
+             )),
+    Function("Read", "read", "GET /fhir/{type}/{id}",
+             routes=(Api("GET", "/fhir/{type}/{id}"),), keys=DECRYPT, grants=(
+                 READ_CURRENT,
+                 Grant("ReadProvenance", "dynamodb:BatchGetItem", "ProvenanceTable"),
+             )),
+    Function("Vread", "vread", "GET /fhir/{type}/{id}/_history/{vid}",
+             routes=(Api("GET", "/fhir/{type}/{id}/_history/{vid}"),), keys=DECRYPT, grants=(
+                 Grant("ReadVersion", "dynamodb:GetItem", "HistoryTable"),
+                 Grant("ReadProvenance", "dynamodb:BatchGetItem", "ProvenanceTable"),
+             )),
+    Function("History", "history", "GET /fhir/{type}/{id}/_history",
+             routes=(Api("GET", "/fhir/{type}/{id}/_history"),), keys=DECRYPT, grants=(
+                 Grant("ReadHistory", "dynamodb:Query", "HistoryTable"),
+                 READ_CURRENT,
+             )),
+    Function("TypeHistory", "type_history", "GET /fhir/{type}/_history",
+             routes=(Api("GET", "/fhir/{type}/_history"),), keys=DECRYPT, grants=READ_CHANGE_LOG),
+    Function("SystemHistory", "system_history", "GET /fhir/_history",
+             routes=(Api("GET", "/fhir/_history"),), keys=DECRYPT, grants=READ_CHANGE_LOG),
+    Function("Update", "update", "PUT /fhir/{type}/{id}",
+             routes=(Api("PUT", "/fhir/{type}/{id}"),), keys=ENCRYPT,
+             grants=(READ_CURRENT, WRITE_NEW_VERSION, DROP_STALE_INDEX)),
+    Function("Patch", "patch", "PATCH /fhir/{type}/{id} (JSON Patch)",
+             routes=(Api("PATCH", "/fhir/{type}/{id}"),), keys=ENCRYPT,
+             grants=(READ_CURRENT, WRITE_NEW_VERSION, DROP_STALE_INDEX)),
+    Function("Delete", "delete", "DELETE /fhir/{type}/{id}",
+             routes=(Api("DELETE", "/fhir/{type}/{id}"),), keys=ENCRYPT,
+             grants=(READ_CURRENT, WRITE_NEW_VERSION, DROP_STALE_INDEX)),
+    Function("ConditionalUpdate", "conditional_update", "PUT /fhir/{type}?<search> (conditional update)",
+             routes=(Api("PUT", "/fhir/{type}"),), keys=ENCRYPT,
+             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION, DROP_STALE_INDEX)),
+    Function("ConditionalDelete", "conditional_delete", "DELETE /fhir/{type}?<search> (conditional delete)",
+             routes=(Api("DELETE", "/fhir/{type}"),), keys=ENCRYPT,
+             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION, DROP_STALE_INDEX)),
+    Function("Bundle", "bundle", "POST /fhir (transaction and batch Bundles)",
+             routes=(Api("POST", "/fhir"),), keys=ENCRYPT, grants=(
+                 Grant("SearchIndex", "dynamodb:Query dynamodb:GetItem", "IndexTable",
+                       "Entry preconditions: current versions, If-None-Exist guards and searches."),
+                 Grant("ReadCurrent", "dynamodb:GetItem dynamodb:BatchGetItem", "ResourcesTable"),
+                 WRITE_NEW_VERSION,
+                 DROP_STALE_INDEX,
+             )),
+    Function("Search", "search", "GET /fhir/{type} and POST /fhir/{type}/_search",
+             routes=(Api("GET", "/fhir/{type}"), Api("POST", "/fhir/{type}/_search", event="SearchPost")),
+             keys=DECRYPT, grants=(
+                 Grant("QueryIndex", "dynamodb:Query", "IndexTable"),
+                 Grant("ReadMatches", "dynamodb:BatchGetItem", "ResourcesTable ProvenanceTable"),
+             )),
+)

@@ -1,0 +1,109 @@
+"""The two places the local stack reaches into moto's internals, behind a version check.
+
+Both patches depend on moto's private code, which may change in any release: `install()` refuses to run on a
+moto version they were not tested with (TESTED_MOTO_VERSIONS; pyproject.toml pins the same version), and
+tests/unit/test_moto_patches.py fails on an upgrade until the internals are re-checked.
+
+To upgrade moto: bump the pin in pyproject.toml, check that moto's DynamoDBBackend.transact_write_items still
+backs up whole tables with the module-global `copy.deepcopy` and that moto.core.model_instances still keeps
+`instances_tracked` lists, run tests/unit/test_moto_patches.py and tests/e2e/test_concurrency.py (it proves the
+rollback), then add the version here.
+"""
+
+from __future__ import annotations
+
+import types
+from importlib import metadata
+from typing import Any
+
+TESTED_MOTO_VERSIONS = frozenset({"5.2.5"})
+
+
+class UntestedMotoVersion(RuntimeError):
+    pass
+
+
+def check_moto_version() -> str:
+    version = metadata.version("moto")
+    if version not in TESTED_MOTO_VERSIONS:
+        raise UntestedMotoVersion(
+            f"moto {version} is installed, but the local stack's patches of moto internals "
+            f"(esus_dev.localstack.moto_patches) were tested with moto {', '.join(sorted(TESTED_MOTO_VERSIONS))} only. "
+            "Install the version pinned in pyproject.toml (`make setup`), or re-check the patches against "
+            "the new version as that module's docstring describes.")
+    return version
+
+
+def install() -> None:
+    """Both patches; idempotent. Raises UntestedMotoVersion on a moto they were not tested with."""
+    check_moto_version()
+    install_item_level_transaction_rollback()
+
+
+def install_item_level_transaction_rollback() -> None:
+    """moto backs up every table a TransactWriteItems names with copy.deepcopy, once per item, so a
+    stack holding a few thousand resources spends seconds and gigabytes per write. Instead, snapshot
+    only the items the transaction touches and restore them if it is cancelled; the result is the same
+    all-or-nothing behaviour (tests/e2e/test_concurrency.py proves the rollback)."""
+    from moto.dynamodb import models
+    from moto.dynamodb.models.dynamo_type import DynamoType
+    from moto.dynamodb.models.table import Table
+
+    check_moto_version()
+    original = models.DynamoDBBackend.transact_write_items
+    if getattr(original, "esus_item_level", False):
+        return
+    real_copy = models.copy  # type: ignore[attr-defined]  # moto's module-global `import copy`
+    keep_tables = types.SimpleNamespace(
+        deepcopy=lambda value, *args: value if isinstance(value, Table) else real_copy.deepcopy(value, *args))
+
+    def touched(backend: Any, transact_items: list[dict[str, Any]]) -> list[tuple[Any, Any, Any, Any]]:
+        saved = []
+        for entry in transact_items:
+            op = next(iter(entry.values()))
+            table = backend.tables.get(op.get("TableName"))
+            key = op.get("Key") or op.get("Item") or {}
+            if table is None or table.hash_key_attr not in key:
+                continue
+            hash_value = DynamoType(key[table.hash_key_attr])
+            range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr in key else None
+            if range_value is None:
+                current = table.items.get(hash_value)
+            else:
+                current = table.items.get(hash_value, {}).get(range_value)
+            saved.append((table, hash_value, range_value, real_copy.deepcopy(current)))
+        return saved
+
+    def restore(saved: list[tuple[Any, Any, Any, Any]]) -> None:
+        for table, hash_value, range_value, item in reversed(saved):
+            container = table.items if range_value is None else table.items[hash_value]
+            slot = hash_value if range_value is None else range_value
+            if item is None:
+                container.pop(slot, None)
+            else:
+                container[slot] = item
+
+    def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        saved = touched(self, transact_items)
+        models.copy = keep_tables  # type: ignore[attr-defined,assignment]
+        try:
+            original(self, transact_items)
+        except Exception:
+            restore(saved)
+            raise
+        finally:
+            models.copy = real_copy  # type: ignore[attr-defined]
+
+    transact_write_items.esus_item_level = True  # type: ignore[attr-defined]
+    transact_write_items.__wrapped__ = original  # type: ignore[attr-defined]  # for the upgrade test
+    models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def forget_tracked_instances() -> None:
+    """moto remembers every model object it ever created (for resets between tests): a server that
+    lives for hours would keep every overwritten item. Nothing here needs that list."""
+    from moto.core.model_instances import model_data
+
+    for models in model_data.values():
+        for model in models.values():
+            model.instances_tracked.clear()  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Domain rules: resources and versions, conditional interactions, Bundles, search, Provenance, FHIR model."""

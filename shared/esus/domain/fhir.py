@@ -1,0 +1,96 @@
+"""FHIR model knowledge: supported types, validation (fhir.resources R4B), ids, references."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from esus.domain.bindings import code_issues
+from esus.errors import InvalidRequest, Issue, NotFound
+from esus.fhir_types import RESOURCE_TYPES as RESOURCE_TYPES
+
+PROVENANCE = "Provenance"
+
+# RESOURCE_TYPES (generated from the R4 schema, see esus.fhir_types) are served by the generic resource routes.
+# Provenance is special-cased (own table, immutable).
+SUPPORTED_TYPES: frozenset[str] = RESOURCE_TYPES | {PROVENANCE}
+
+# A Bundle stored as a resource holds a document, a message or a collection; the other types are interactions
+# (transaction, batch) or server responses (searchset, history, *-response).
+STORED_BUNDLE_TYPES = ("document", "message", "collection")
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+REFERENCE_PATTERN = re.compile(
+    r"^(?:(?P<base>https?://[^\s]+?)/)?(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})"
+    r"(?:/_history/(?P<version>[0-9]{1,18}))?$"
+)
+
+
+def require_type(resource_type: str) -> str:
+    if resource_type not in SUPPORTED_TYPES:
+        raise NotFound(f"Resource type '{resource_type[:64]}' is not supported by this server")
+    return resource_type
+
+
+def require_id(resource_id: str) -> str:
+    if not ID_PATTERN.match(resource_id):
+        raise InvalidRequest("The resource id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'")
+    return resource_id
+
+
+def validate_resource(resource_type: str, body: Any) -> dict[str, Any]:
+    """Validate a body for `resource_type`; returns it unchanged (the client's JSON is what we keep)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object holding a FHIR resource")
+    found = body.get("resourceType")
+    if found != resource_type:
+        raise InvalidRequest(
+            f"resourceType '{str(found)[:64]}' does not match the URL type '{resource_type}'",
+            [Issue("invalid", "resourceType does not match the URL", "resourceType")],
+        )
+    try:
+        get_fhir_model_class(resource_type).model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequest(
+            f"The {resource_type} is not valid FHIR R4 ({exc.error_count()} problem(s))",
+            [_issue_from_pydantic(resource_type, err) for err in exc.errors()[:50]],
+        ) from None
+    except (ValueError, TypeError) as exc:  # some fhir.resources validators raise plain errors
+        raise InvalidRequest(f"The {resource_type} is not valid FHIR R4: {str(exc)[:200]}") from None
+    issues = code_issues(resource_type, body)
+    if issues:
+        raise InvalidRequest(
+            f"The {resource_type} has {len(issues)} code(s) outside their required value set: {issues[0].diagnostics}",
+            issues,
+        )
+    if resource_type == "Bundle" and body.get("type") not in STORED_BUNDLE_TYPES:
+        message = (f"A Bundle of type '{str(body.get('type'))[:32]}' is not stored; a transaction or batch is "
+                   f"POSTed to the base URL. Stored Bundle types: {', '.join(STORED_BUNDLE_TYPES)}")
+        raise InvalidRequest(message, [Issue("invalid", message, "Bundle.type")])
+    return body
+
+
+def _issue_from_pydantic(resource_type: str, err: Any) -> Issue:
+    path = resource_type
+    for part in err.get("loc", ()):
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    message = str(err.get("msg", "invalid value"))[:300]
+    return Issue("invalid" if err.get("type") != "extra_forbidden" else "structure", message, path)
+
+
+def parse_reference(value: str) -> tuple[str, str, int | None]:
+    """`Patient/1`, `https://host/fhir/Patient/1` or `Patient/1/_history/2` -> (type, id, version)."""
+    match = REFERENCE_PATTERN.match(value.strip())
+    if not match:
+        raise InvalidRequest(f"'{value[:100]}' is not a resource reference")
+    version = match.group("version")
+    return match.group("type"), match.group("id"), int(version) if version else None
+
+
+def now_instant() -> str:
+    """FHIR instant with millisecond precision, UTC."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,93 @@
+"""Provenance as a resource: create (validated, US Core), read and vread. Immutable: no update/delete."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from esus.domain import provenance as prov
+from esus.domain.fhir import PROVENANCE, REFERENCE_PATTERN, RESOURCE_TYPES, now_instant, require_id
+from esus.errors import InvalidRequest, Issue, NotFound, Unprocessable
+from esus.security.auth import Principal
+from esus.settings import Settings
+from esus.storage.store import Store
+
+
+class ProvenanceService:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self._store = store
+        self._s = settings
+
+    def create(self, principal: Principal, body: Any) -> dict[str, Any]:
+        """The client's record, attributed (server `recorded`, caller appended as enterer), about resources
+        that exist in the caller's tenant; anything else is refused before a write."""
+        if not isinstance(body, dict) or body.get("resourceType") != PROVENANCE:
+            raise InvalidRequest("The body must be a Provenance resource")
+        prov.check_client_claims(body)
+        now = now_instant()
+        record = prov.finalize(prov.attributed(body, self._s, principal, now), str(uuid.uuid4()), now)
+        self._check_targets(principal.tenant, record["target"])
+        sort_key = prov.recorded_key(record["recorded"])
+        items = [
+            self._store.provenance_put(principal.tenant, record, sort_key),
+            *(self._store.index_put(e) for e in prov.index_entries(principal.tenant, record, sort_key)),
+        ]
+        self._store.transact(items, str(uuid.uuid4()))
+        return record
+
+    def _check_targets(self, tenant: str, targets: list[Any]) -> None:
+        """Every target is `Type/id` or `Type/id/_history/n` of a live resource (or a Provenance) of this
+        tenant; a version must exist. One BatchGetItem per target type."""
+        issues: list[Issue] = []
+        wanted: dict[str, list[tuple[int, str, int | None]]] = defaultdict(list)
+        for i, target in enumerate(targets):
+            reference = target.get("reference") if isinstance(target, dict) else None
+            match = REFERENCE_PATTERN.match(reference) if isinstance(reference, str) else None
+            if match is None or match.group("base") or match.group("type") not in (*RESOURCE_TYPES, PROVENANCE):
+                issues.append(_target_issue(i, "must be a relative reference (Type/id or Type/id/_history/n) to a "
+                                               "resource of a type this server stores"))
+                continue
+            resource_type, version = match.group("type"), match.group("version")
+            if isinstance(target, dict) and target.get("type") not in (None, resource_type):
+                issues.append(_target_issue(i, f"has type '{str(target['type'])[:64]}' but references a "
+                                               f"{resource_type}"))
+                continue
+            wanted[resource_type].append((i, match.group("id"), int(version) if version else None))
+        for resource_type, refs in wanted.items():
+            ids = sorted({resource_id for _, resource_id, _ in refs})
+            latest = self._latest_versions(tenant, resource_type, ids)
+            for i, resource_id, version in refs:
+                current = latest.get(resource_id)
+                if current is None:
+                    issues.append(_target_issue(i, f"{resource_type}/{resource_id} does not exist", "not-found"))
+                elif version is not None and not 1 <= version <= current:
+                    problem = f"{resource_type}/{resource_id} has no version {version}"
+                    issues.append(_target_issue(i, problem, "not-found"))
+        if issues:
+            raise Unprocessable("A Provenance must target existing resources of this tenant ("
+                                + "; ".join(i.diagnostics for i in issues[:5]) + ")", issues)
+
+    def _latest_versions(self, tenant: str, resource_type: str, ids: list[str]) -> dict[str, int]:
+        """id -> current version number of each live resource. Versions are contiguous from 1 (the write
+        path guarantees it; `esus verify` checks it), so `1 <= n <= current` names an existing version."""
+        if resource_type == PROVENANCE:
+            return {record["id"]: int(record["meta"]["versionId"]) for record in self._store.provenances(tenant, ids)}
+        return {v.resource_id: v.version for v in self._store.currents(tenant, resource_type, ids) if not v.deleted}
+
+    def read(self, tenant: str, provenance_id: str) -> dict[str, Any]:
+        require_id(provenance_id)
+        found = self._store.provenances(tenant, [provenance_id])
+        if not found:
+            raise NotFound(f"Unknown Provenance resource '{provenance_id}'")
+        return found[0]
+
+    def vread(self, tenant: str, provenance_id: str, vid: str) -> dict[str, Any]:
+        record = self.read(tenant, provenance_id)
+        if vid != record["meta"]["versionId"]:
+            raise NotFound(f"Provenance/{provenance_id} has no version '{vid[:20]}' (Provenance is immutable)")
+        return record
+
+
+def _target_issue(index: int, problem: str, code: str = "invalid") -> Issue:
+    return Issue(code, f"Provenance.target[{index}] {problem}", f"Provenance.target[{index}]")

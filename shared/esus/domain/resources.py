@@ -1,0 +1,503 @@
+"""Resource interactions: create, read, vread, update, delete, history. Optimistic locking lives here:
+every write is one conditional transaction on the version the writer expects."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import jsonpatch
+import jsonpointer
+
+from esus.domain import provenance as prov
+from esus.domain.fhir import PROVENANCE, RESOURCE_TYPES, now_instant, require_id, validate_resource
+from esus.domain.params import instant_param, last_value, page_size
+from esus.domain.search_index import SearchKeys, in_parallel
+from esus.errors import (
+    Conflict,
+    Gone,
+    InvalidRequest,
+    Issue,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    Unprocessable,
+)
+from esus.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_PATCH_OPERATIONS, depth_exceeds
+from esus.model import IndexEntry, ResourceWrite, Version
+from esus.security.auth import CREATE, Principal
+from esus.security.crypto import BlindIndex, CursorSigner
+from esus.settings import Settings
+from esus.storage.store import (
+    ALL_TYPES,
+    TRANSACTION_ITEM_LIMIT,
+    Store,
+    TransientConflict,
+    VersionConflict,
+    change_log_partition,
+    change_log_sort,
+    unique_entries,
+)
+
+T = TypeVar("T")
+VERSION_ID = re.compile(r"[0-9]{1,18}")
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    versions: list[Version]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    version: Version
+    created: bool
+
+
+class ResourceService:
+    def __init__(
+        self, settings: Settings, store: Store, blind_index: BlindIndex, cursors: CursorSigner,
+        search_keys: SearchKeys, clock: Callable[[], str] = now_instant,
+    ) -> None:
+        self._s = settings
+        self._store = store
+        self._blind = blind_index
+        self._cursors = cursors
+        self._keys = search_keys
+        self._clock = clock
+
+    # ---------- reads ----------
+    def read(self, resource_type: str, resource_id: str, tenant: str) -> Version:
+        _check_generic(resource_type)
+        require_id(resource_id)
+        current = self._store.current(tenant, resource_type, resource_id)
+        if current is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if current.deleted:
+            raise Gone(f"{resource_type}/{resource_id} was deleted", headers={"ETag": current.etag})
+        return current
+
+    def vread(self, resource_type: str, resource_id: str, vid: str, tenant: str) -> Version:
+        _check_generic(resource_type)
+        require_id(resource_id)
+        found = self._store.version(tenant, resource_type, resource_id, int(vid)) if _is_version(vid) else None
+        if found is None:
+            raise NotFound(f"{resource_type}/{resource_id} has no version '{vid[:20]}'")
+        if found.deleted:
+            raise Gone(f"Version {vid} of {resource_type}/{resource_id} is a delete", headers={"ETag": found.etag})
+        return found
+
+    def history(
+        self, resource_type: str, resource_id: str, tenant: str, params: dict[str, list[str]]
+    ) -> HistoryPage:
+        """Newest first; `_count`, `_since` and a signed `_cursor` (the last version already served)."""
+        _check_generic(resource_type)
+        require_id(resource_id)
+        count = page_size(self._s, last_value(params.get("_count")))
+        since = instant_param("_since", last_value(params.get("_since")))
+        binding = f"history|{resource_type}/{resource_id}|{since}"
+        cursor = last_value(params.get("_cursor"))
+        before = self._cursors.verify(tenant, binding, cursor) if cursor else None
+        if before is not None and not isinstance(before, int):
+            raise InvalidRequest("The paging cursor is invalid")
+        page, more = self._store.history(tenant, resource_type, resource_id, max(count, 1), since, before)
+        if not page and before is None and self._store.current(tenant, resource_type, resource_id) is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        page = page[:count]
+        next_cursor = self._cursors.sign(tenant, binding, page[-1].version) if more and page else None
+        return HistoryPage(page, next_cursor)
+
+    def changes(self, tenant: str, resource_type: str | None, params: dict[str, list[str]]) -> HistoryPage:
+        """Type-level (`/Patient/_history`) or system-level (`/_history`) history from the change log:
+        newest first, `_since`, `_at` (versions up to that instant) and `_count`, signed cursor."""
+        if resource_type is not None and resource_type not in RESOURCE_TYPES:
+            _check_generic(resource_type)
+        count = page_size(self._s, last_value(params.get("_count")))
+        since = instant_param("_since", last_value(params.get("_since")))
+        at = instant_param("_at", last_value(params.get("_at")))
+        binding = f"changes|{resource_type or ALL_TYPES}|{since}|{at}"
+        cursor = last_value(params.get("_cursor"))
+        before = self._cursors.verify(tenant, binding, cursor) if cursor else None
+        if before is None and at is not None:
+            before = f"{at}|~"  # every change up to and including `at`
+        partition = change_log_partition(tenant, resource_type or ALL_TYPES)
+        keys, more = self._store.change_log_keys(partition, max(count, 1), since, before)
+        keys = keys[:count]
+        versions = self._store.versions_by_change_keys(tenant, keys) if keys else []
+        next_cursor = self._cursors.sign(tenant, binding, keys[-1]) if more and keys else None
+        return HistoryPage(versions, next_cursor)
+
+    # ---------- writes ----------
+    def create(
+        self, principal: Principal, resource_type: str, body: Any, x_provenance: dict[str, Any] | None,
+        guard: tuple[str, str | None] | None = None,
+    ) -> Version:
+        _check_generic(resource_type)
+        resource_id = str(uuid.uuid4())
+        version = self.new_version(resource_type, resource_id, 1, body, "POST", 201)
+        self._commit(principal, version, None, None, (), x_provenance, guard)
+        return version
+
+    def update(
+        self, principal: Principal, resource_type: str, resource_id: str, body: Any, if_match: int | None,
+        x_provenance: dict[str, Any] | None,
+    ) -> WriteOutcome:
+        _check_generic(resource_type)
+        require_id(resource_id)
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object holding a FHIR resource")
+        if body.get("id") != resource_id:
+            message = "The body's id must equal the id in the URL" if "id" in body else "The body must carry its id"
+            raise InvalidRequest(message, [Issue("invalid", message, f"{resource_type}.id")])
+        if if_match is None and self._s.require_if_match:
+            raise InvalidRequest("This server requires If-Match on updates (versioned-update)")
+        if if_match is not None:  # index items are keyed by version: nothing to read first, on any type
+            return self._update_blind(principal, resource_type, resource_id, body, if_match, x_provenance)
+
+        def attempt() -> WriteOutcome:
+            current = self._store.current(principal.tenant, resource_type, resource_id)
+            _check_if_match(if_match, current, resource_type, resource_id)
+            return self._write_over(principal, resource_type, resource_id, body, current, x_provenance)
+
+        return self._optimistic(resource_type, resource_id, if_match, attempt)
+
+    def create_with_id(
+        self, principal: Principal, resource_type: str, resource_id: str, body: Any,
+        x_provenance: dict[str, Any] | None,
+    ) -> Version:
+        """Create under a client-chosen id that must be new (a conditional update that matched nothing)."""
+        _check_generic(resource_type)
+        require_id(resource_id)
+        principal.require(resource_type, CREATE)
+        version = self.new_version(resource_type, resource_id, 1, body, "PUT", 201)
+        try:
+            self._commit(principal, version, None, None, (), x_provenance)
+        except VersionConflict:
+            raise Conflict(
+                f"{resource_type}/{resource_id} already exists but does not match the search; a conditional "
+                "update that matches nothing may not take over an existing id"
+            ) from None
+        return version
+
+    def patch(
+        self, principal: Principal, resource_type: str, resource_id: str, operations: Any, if_match: int | None,
+        x_provenance: dict[str, Any] | None,
+    ) -> WriteOutcome:
+        """JSON Patch (RFC 6902) on the current version, validated like an update, retried like one."""
+        _check_generic(resource_type)
+        require_id(resource_id)
+        patch = _json_patch(operations)
+
+        def attempt() -> WriteOutcome:
+            current = self.read(resource_type, resource_id, principal.tenant)
+            _check_if_match(if_match, current, resource_type, resource_id)
+            assert current.resource is not None
+            try:
+                patched = apply_bounded(current.resource, patch, MAX_BODY_BYTES)
+            except jsonpatch.JsonPatchTestFailed as exc:
+                raise Unprocessable(f"JSON Patch test failed: {str(exc)[:200]}") from None
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+                raise Unprocessable(f"JSON Patch cannot be applied: {str(exc)[:200]}") from None
+            return self._write_over(principal, resource_type, resource_id, patched, current, x_provenance)
+
+        return self._optimistic(resource_type, resource_id, if_match, attempt)
+
+    def _optimistic(self, resource_type: str, resource_id: str, if_match: int | None, attempt: Callable[[], T]) -> T:
+        """Read-decide-write with bounded, jittered retries when another writer wins the race; a client
+        that pinned a version (If-Match) gets 412 instead, naming the current version."""
+        for n in range(self._s.update_retry_attempts):
+            try:
+                return attempt()
+            except VersionConflict as conflict:
+                if if_match is not None:
+                    raise _stale(resource_type, resource_id, if_match, conflict.current_version) from None
+                _backoff(n)
+        raise Conflict(f"{resource_type}/{resource_id} is being changed by others; retry", headers={"Retry-After": "1"})
+
+    def _update_blind(
+        self, principal: Principal, resource_type: str, resource_id: str, body: Any, if_match: int,
+        x_provenance: dict[str, Any] | None,
+    ) -> WriteOutcome:
+        """If-Match: one conditional write, no read (one round trip on every type)."""
+        version = self.new_version(resource_type, resource_id, if_match + 1, body, "PUT", 200)
+        try:
+            self._commit(principal, version, if_match, False, (), x_provenance)
+            return WriteOutcome(version, created=False)
+        except VersionConflict as conflict:
+            if conflict.current_version == if_match and conflict.current_deleted:
+                principal.require(resource_type, CREATE)  # a revival creates the resource anew
+                revived = replace(version, status=201)
+                try:
+                    self._commit(principal, revived, if_match, True, (), x_provenance)
+                except VersionConflict as again:
+                    raise _stale(resource_type, resource_id, if_match, again.current_version) from None
+                return WriteOutcome(revived, created=True)
+            raise _stale(resource_type, resource_id, if_match, conflict.current_version) from None
+
+    def _write_over(
+        self, principal: Principal, resource_type: str, resource_id: str, body: Any, current: Version | None,
+        x_provenance: dict[str, Any] | None,
+    ) -> WriteOutcome:
+        if current is None:  # update-as-create (the client chose the id)
+            principal.require(resource_type, CREATE)
+            version = self.new_version(resource_type, resource_id, 1, body, "PUT", 201)
+            self._commit(principal, version, None, None, (), x_provenance)
+            return WriteOutcome(version, created=True)
+        if not current.deleted and current.resource is not None and same_content(current.resource, body):
+            return WriteOutcome(current, created=False)  # identical content: no new version, nothing written
+        if current.deleted:  # a revival creates the resource anew
+            principal.require(resource_type, CREATE)
+        status = 201 if current.deleted else 200
+        version = self.new_version(resource_type, resource_id, current.version + 1, body, "PUT", status)
+        self._commit(principal, version, current.version, current.deleted, current.index_refs, x_provenance)
+        return WriteOutcome(version, created=current.deleted)
+
+    def delete(
+        self, principal: Principal, resource_type: str, resource_id: str, if_match: int | None,
+        x_provenance: dict[str, Any] | None,
+    ) -> Version | None:
+        """Soft delete as a new version. Returns None when there was nothing to delete (idempotent)."""
+        _check_generic(resource_type)
+        require_id(resource_id)
+        if if_match is None and self._s.require_if_match:
+            raise InvalidRequest("This server requires If-Match on deletes (versioned-update)")
+
+        def attempt() -> Version | None:
+            current = self._store.current(principal.tenant, resource_type, resource_id)
+            _check_if_match(if_match, current, resource_type, resource_id)
+            if current is None or current.deleted:
+                return None
+            version = Version(resource_type, resource_id, current.version + 1, self._clock(), True, None, "DELETE", 204)
+            self._commit(principal, version, current.version, False, current.index_refs, x_provenance)
+            return version
+
+        return self._optimistic(resource_type, resource_id, if_match, attempt)
+
+    # ---------- the one write path ----------
+    def new_version(
+        self, resource_type: str, resource_id: str, number: int, body: Any, method: str, status: int
+    ) -> Version:
+        last_updated = self._clock()
+        resource = validate_resource(resource_type, _with_server_meta(body, resource_id, number, last_updated))
+        return Version(resource_type, resource_id, number, last_updated, False, resource, method, status)
+
+    def prepare(
+        self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
+        stale_refs: tuple[str, ...], x_provenance: dict[str, Any] | None,
+    ) -> tuple[ResourceWrite, str]:
+        """Everything one version writes: the version, its index entries and its Provenance.
+        Search index items start out deferred (beside the transaction; a transaction Bundle keeps them
+        there so they never take its room); a single write moves them in when they fit. Stale items of
+        older versions are never deleted here (`stale_refs` is ignored): searches re-check every
+        candidate against the current version, and cleanup is lazy (docs/SEARCH.md)."""
+        activity = prov.ACTIVITY_BY_METHOD["POST" if version.version == 1 else version.method]
+        record = (
+            prov.client_provenance(x_provenance, version, self._s, principal) if x_provenance is not None
+            else prov.server_provenance(self._s, principal, version, activity)
+        )
+        record = prov.finalize(record, str(uuid.uuid4()), version.last_updated)
+        sort_key = prov.recorded_key(record["recorded"])
+        write = ResourceWrite(
+            tenant=principal.tenant,
+            version=version,
+            expected_version=expected_version,
+            expected_deleted=expected_deleted,
+            index_entries=[],
+            stale_index_refs=[],
+            deferred_index=self.index_entries(principal.tenant, version),
+            provenance=record,
+            provenance_index=prov.index_entries(principal.tenant, record, sort_key),
+            change_log=[
+                IndexEntry(change_log_partition(principal.tenant, level), change_log_sort(version), version.resource_id,
+                           version.deleted)
+                for level in (ALL_TYPES, version.resource_type)
+            ],
+            request_token=str(uuid.uuid4()),
+        )
+        return write, sort_key
+
+    def index_entries(self, tenant: str, version: Version) -> list[IndexEntry]:
+        """One entry per index item: values whose truncated tokens collide share an item."""
+        return unique_entries(self._keys.entries(tenant, version))
+
+    def _commit(
+        self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
+        stale_refs: tuple[str, ...], x_provenance: dict[str, Any] | None,
+        guard: tuple[str, str | None] | None = None,
+    ) -> None:
+        write, sort_key = self.prepare(principal, version, expected_version, expected_deleted, stale_refs, x_provenance)
+        write.unique_guard = guard
+        items = self._store.resource_write_items(write, sort_key)
+        if len(items) + len(write.deferred_index) <= TRANSACTION_ITEM_LIMIT:
+            write.index_entries, write.deferred_index = write.deferred_index, []
+            items = self._store.resource_write_items(write, sort_key)
+
+        def transact() -> None:
+            for attempt in range(3):
+                try:
+                    self._store.transact(items, write.request_token)
+                    return
+                except TransientConflict:
+                    _backoff(attempt)
+            raise Conflict("A concurrent transaction touched the same resource; retry", headers={"Retry-After": "1"})
+
+        if not write.deferred_index:
+            transact()
+            return
+        # Too many for one transaction: index items go concurrently with it (one round trip of latency);
+        # the write returns only after both, so a search started after it returned finds it. If the
+        # transaction fails, the items are orphans that no search ever returns (docs/SEARCH.md).
+        deferred = write.deferred_index
+        in_parallel([transact, lambda: self._store.put_index_items(deferred)])
+
+
+def _check_generic(resource_type: str) -> None:
+    if resource_type == PROVENANCE:
+        raise MethodNotAllowed("Provenance is an audit record: it cannot be updated or deleted")
+    if resource_type not in RESOURCE_TYPES:
+        raise NotFound(f"Resource type '{resource_type[:64]}' is not supported by this server")
+
+
+def _is_version(vid: str) -> bool:
+    # ASCII digits only (str.isdigit() accepts '²', which int() rejects); 18 digits fit DynamoDB's number.
+    return VERSION_ID.fullmatch(vid) is not None and int(vid) > 0
+
+
+SERVER_META = ("versionId", "lastUpdated")
+
+
+def _with_server_meta(body: Any, resource_id: str, version: int, last_updated: str) -> Any:
+    """The server owns identity and versioning (no mass assignment): the client's id, meta.versionId and
+    meta.lastUpdated are replaced. The rest of the client's meta (profile, security, tag, source) is content
+    of the version: stored, versioned and returned as sent."""
+    if not isinstance(body, dict):
+        return body
+    client_meta = body.get("meta")
+    meta: Any = {"versionId": str(version), "lastUpdated": last_updated}
+    if isinstance(client_meta, dict):
+        meta.update((k, v) for k, v in client_meta.items() if k not in SERVER_META)
+    elif client_meta is not None:
+        meta = client_meta  # not an object: validation rejects it with its path
+    return {
+        "resourceType": body.get("resourceType"),
+        "id": resource_id,
+        "meta": meta,
+        **{k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")},
+    }
+
+
+# JSON Patch may change meta's labels (/meta/tag/-, /meta/security/0, ...) but not identity and versioning.
+SERVER_OWNED_PATHS = ("/id", "/resourceType", "/meta/versionId", "/meta/lastUpdated")
+SERVER_OWNED_EXACT = ("/meta",)
+
+
+def _json_patch(operations: Any) -> jsonpatch.JsonPatch:
+    if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+        raise InvalidRequest("A JSON Patch document is an array of operations")
+    if len(operations) > MAX_PATCH_OPERATIONS:
+        raise PayloadTooLarge(
+            f"A JSON Patch may hold at most {MAX_PATCH_OPERATIONS} operations; this one has {len(operations)}")
+    for op in operations:
+        for key in ("path", "from"):
+            path = op.get(key)
+            if isinstance(path, str) and (path in SERVER_OWNED_EXACT or any(
+                    path == p or path.startswith(f"{p}/") for p in SERVER_OWNED_PATHS)):
+                raise InvalidRequest(f"JSON Patch must not change {path}: id, resourceType, meta.versionId and "
+                                     "meta.lastUpdated are the server's")
+    try:
+        return jsonpatch.JsonPatch(operations)
+    except (jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException, TypeError) as exc:
+        raise InvalidRequest(f"Invalid JSON Patch: {str(exc)[:200]}") from None
+
+
+def apply_bounded(document: dict[str, Any], patch: jsonpatch.JsonPatch, max_bytes: int) -> Any:
+    """Apply a JSON Patch one operation at a time to a copy of `document`, refusing (413) BEFORE an
+    operation that could take the result past `max_bytes`: each `copy` of /x into /x/- doubles the
+    document, so a 1 KB patch would otherwise exhaust memory. `size` is an upper bound grown by what
+    each operation inserts; the document is measured again only when that bound reaches the limit."""
+    text = _json_text(document)
+    patched: Any = json.loads(text)  # a private copy, patched in place (the stored version stays intact)
+    size = len(text)
+    try:
+        for index, operation in enumerate(patch.patch):
+            grows = _inserted_size(patched, operation)
+            if size + grows > max_bytes:
+                size = len(_json_text(patched))
+                if size + grows > max_bytes:
+                    raise PayloadTooLarge(
+                        f"JSON Patch operation {index} ({str(operation.get('op'))[:10]}) would make the resource "
+                        f"larger than {max_bytes} bytes; nothing was stored"
+                    )
+            patched = jsonpatch.JsonPatch([operation]).apply(patched, in_place=True)
+            size += grows
+    except RecursionError:
+        raise Unprocessable(f"The patched resource would nest more than {MAX_JSON_DEPTH} levels deep") from None
+    if depth_exceeds(patched, MAX_JSON_DEPTH):
+        raise Unprocessable(f"The patched resource would nest more than {MAX_JSON_DEPTH} levels deep")
+    return patched
+
+
+def _json_text(value: Any) -> str:
+    # ASCII-escaped, so its length is at least the UTF-8 size of the same JSON.
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _inserted_size(document: Any, operation: dict[str, Any]) -> int:
+    """At most how many bytes `operation` adds to the serialized document."""
+    kind = operation.get("op")
+    if kind in ("add", "replace"):
+        inserted = operation.get("value")
+    elif kind == "copy":
+        try:
+            inserted = jsonpointer.resolve_pointer(document, str(operation.get("from")), None)
+        except jsonpointer.JsonPointerException:
+            return 0  # the operation itself reports the bad pointer
+    else:  # remove, move and test add no content
+        return len(str(operation.get("path"))) + 4
+    return len(_json_text(inserted)) + len(str(operation.get("path"))) + 4
+
+
+def same_content(stored: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Equal apart from server-owned id/meta.versionId/meta.lastUpdated: re-sending a resource (an import
+    re-run) changes nothing, while a changed tag, security label, profile or source is a new version."""
+    return _content(stored) == _content(body)
+
+
+def _content(resource: dict[str, Any]) -> dict[str, Any]:
+    content = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    meta = resource.get("meta")
+    client_meta = {k: v for k, v in meta.items() if k not in SERVER_META} if isinstance(meta, dict) else meta
+    if client_meta or not isinstance(client_meta, dict | None):  # an empty meta equals none; a bad one never
+        content["meta"] = client_meta
+    return content
+
+
+def _check_if_match(if_match: int | None, current: Version | None, resource_type: str, resource_id: str) -> None:
+    if if_match is None:
+        return
+    if current is None:
+        raise PreconditionFailed(f"If-Match was given but {resource_type}/{resource_id} does not exist")
+    if current.version != if_match:
+        raise _stale(resource_type, resource_id, if_match, current.version)
+
+
+def _stale(resource_type: str, resource_id: str, expected: int, current: int | None) -> PreconditionFailed:
+    if current is None:
+        return PreconditionFailed(f"If-Match was given but {resource_type}/{resource_id} does not exist")
+    return PreconditionFailed(
+        f"Version conflict: If-Match expected version {expected} but the current version of "
+        f"{resource_type}/{resource_id} is {current}",
+        headers={"ETag": f'W/"{current}"'},
+    )
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.uniform(0, 0.01 * 2**attempt))

@@ -1,0 +1,423 @@
+"""FHIR search (docs/SEARCH.md): plan lookups on the index, re-check every candidate's current version.
+
+Every type: each AND-ed parameter that the index can narrow gives its candidates (keys-only Queries, side
+by side); their intersection's current items are read (BatchGetItem), decrypted and checked against the
+WHOLE query with the brute-force matcher, so stale items, orphans and token collisions never show.
+Without a narrowing parameter the candidates are the type's live resources from its change-log partition
+(no table scan). Provenance keeps its own reference and recorded indexes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache, partial
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from esus.domain.fhir import PROVENANCE, RESOURCE_TYPES
+from esus.domain.params import last_value, page_size
+from esus.domain.provenance import recorded_key
+from esus.domain.search_index import SearchKeys, in_parallel, parse_sort_key
+from esus.domain.search_legacy import (
+    PROVENANCE_REFERENCE_PARAMS,
+    RECORDED_PREFIXES,
+    canonical_reference,
+    parse_query,
+)
+from esus.domain.search_legacy import Criterion as ProvenanceCriterion
+from esus.domain.search_params import params_for
+from esus.domain.search_semantics import (
+    MIN_INSTANT,
+    Criterion,
+    date_matches,
+    date_range,
+    lookup_terms,
+    matches,
+    parse_search,
+    sort_key,
+)
+from esus.errors import InvalidRequest
+from esus.model import Version
+from esus.security.auth import Principal
+from esus.security.crypto import BlindIndex, CursorSigner
+from esus.settings import Settings
+from esus.storage.store import BATCH_GET_LIMIT, Store, change_log_partition, index_partition
+
+MAX_LOOKUPS_PER_PARAMETER = 64  # beyond this a parameter only filters (e.g. a date range over centuries)
+CHEAP_LOOKUPS = 4  # parameters this cheap also narrow, beside the cheapest one
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+
+
+@dataclass
+class SearchPage:
+    resources: list[dict[str, Any]]
+    total: int | None
+    next_cursor: str | None
+    last_cursor: str | None
+    ignored: list[str] = field(default_factory=list)
+    previous_cursor: str | None = None
+    # The parameters the search applied, as the self link shows them (unknown ones dropped when lenient).
+    applied: dict[str, list[str]] | None = None
+    counted_only: bool = False  # _summary=count: a total and no entries
+    candidates: int = 0  # resources decrypted to answer (for the benchmark)
+
+
+@dataclass(frozen=True)
+class ResultOptions:
+    count: int
+    sort: tuple[tuple[str, bool], ...]  # (parameter, descending)
+    total: bool
+    summary: str | None
+    elements: tuple[str, ...] | None
+
+
+class SearchService:
+    def __init__(
+        self, settings: Settings, store: Store, blind: BlindIndex, cursors: CursorSigner, keys: SearchKeys
+    ) -> None:
+        self._s = settings
+        self._store = store
+        self._blind = blind
+        self._cursors = cursors
+        self._keys = keys
+
+    def search(
+        self, principal: Principal, resource_type: str, params: dict[str, list[str]], lenient: bool
+    ) -> SearchPage:
+        if resource_type == PROVENANCE:
+            return self._provenance_search(principal, params, lenient)
+        if resource_type not in RESOURCE_TYPES:
+            raise InvalidRequest(f"Search is not supported for {resource_type}")
+        tenant = principal.tenant
+        parsed = parse_search(resource_type, params, lenient)
+        options = _result_options(self._s, resource_type, parsed.applied)
+        binding = json.dumps([resource_type, _canonical(parsed.criteria), options.sort])
+        cursor = last_value(params.get("_cursor"))
+        offset = self._cursors.verify(tenant, binding, cursor) if cursor else 0
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidRequest("The paging cursor is invalid")
+        count = 0 if options.summary == "count" else options.count
+        listing = all(c.param.code == "_lastUpdated" for c in parsed.criteria) and \
+            all(code == "_lastUpdated" for code, _ in options.sort)
+        if listing:
+            resources, total, decrypted = self._listing_page(tenant, resource_type, parsed.criteria, options, offset,
+                                                             count)
+        else:
+            found, decrypted = self._matches(tenant, resource_type, parsed.criteria)
+            ordered = _sorted(resource_type, found, options.sort)
+            total = len(ordered)
+            resources = ordered[offset : offset + count]
+        resources = [_shape(r, options) for r in resources]
+
+        def sign(position: int) -> str:
+            return self._cursors.sign(tenant, binding, position)
+
+        next_cursor = sign(offset + count) if count and offset + count < total else None
+        previous_cursor = sign(max(0, offset - count)) if count and offset > 0 else None
+        last_start = ((total - 1) // count) * count if count and total else 0
+        return SearchPage(
+            resources, total if options.total else None, next_cursor,
+            sign(last_start) if last_start > 0 else None, parsed.ignored, previous_cursor,
+            parsed.applied, options.summary == "count", decrypted,
+        )
+
+    def matching_ids(self, tenant: str, resource_type: str, params: dict[str, list[str]]) -> list[str]:
+        """Exact matches of a conditional interaction's search (strict: unknown parameters are a 400)."""
+        if resource_type not in RESOURCE_TYPES:
+            raise InvalidRequest(f"Conditional interactions on {resource_type} are not supported")
+        criteria = parse_search(resource_type, params, lenient=False).criteria
+        return sorted(r["id"] for r in self._matches(tenant, resource_type, criteria)[0])
+
+    def current_matches(self, tenant: str, resource_type: str, params: dict[str, list[str]], resource_id: str) -> bool:
+        """Does this resource's current version match the search? (One read, no index.)"""
+        criteria = parse_search(resource_type, params, lenient=False).criteria
+        current = self._store.current(tenant, resource_type, resource_id)
+        return bool(current and current.resource is not None and matches(current.resource, criteria))
+
+    def canonical_query(self, resource_type: str, params: dict[str, list[str]]) -> str:
+        """The search in normalised form: equal searches written differently give the same string."""
+        return _canonical(parse_search(resource_type, params, lenient=False).criteria)
+
+    # ---------- candidates and the re-check ----------
+    def _matches(
+        self, tenant: str, resource_type: str, criteria: list[Criterion]
+    ) -> tuple[list[dict[str, Any]], int]:
+        """(every match, current version re-checked, and how many candidates were decrypted)."""
+        ids = self._candidates(tenant, resource_type, criteria)
+        if len(ids) > self._s.search_candidates_max:
+            raise InvalidRequest(
+                f"This search has {len(ids)} candidates (the limit is {self._s.search_candidates_max}): "
+                "add a narrowing parameter (e.g. patient, code, a date) or split it"
+            )
+        versions = self._currents(tenant, resource_type, ids)
+        found = [v.resource for v in versions
+                 if not v.deleted and v.resource is not None and matches(v.resource, criteria)]
+        return found, len(versions)
+
+    def _candidates(self, tenant: str, resource_type: str, criteria: list[Criterion]) -> list[str]:
+        id_sets = [{str(v.token[1]) for v in c.values} for c in criteria if c.param.code == "_id" and not c.modifier]
+        if id_sets:
+            return sorted(set.intersection(*id_sets))
+        planned = sorted(
+            ((len(terms), i, c, terms) for i, c in enumerate(criteria)
+             if (terms := lookup_terms(c)) is not None and len(terms) <= MAX_LOOKUPS_PER_PARAMETER),
+            key=lambda p: (p[0], p[1]),
+        )
+        if not planned:
+            live = self._live(tenant, resource_type)
+            if len(live) > self._s.search_scan_max:
+                raise InvalidRequest(
+                    f"No parameter of this search can use an index and {resource_type} has {len(live)} resources "
+                    f"(the limit for a filtered listing is {self._s.search_scan_max}): add a narrowing parameter"
+                )
+            return [resource_id for _, resource_id in live]
+        chosen = [planned[0], *(p for p in planned[1:] if p[0] <= CHEAP_LOOKUPS)]
+        lookups: list[tuple[int, str]] = [
+            (n, self._keys.partition(tenant, criterion.param, key))
+            for n, (_, _, criterion, terms) in enumerate(chosen)
+            for term in terms
+            for key in self._keys.lookup_keys(tenant, criterion.param, term)
+        ]
+        calls: list[Callable[[], list[str]]] = [
+            partial(self._store.index_sort_keys, partition) for _, partition in lookups
+        ]
+        found: list[set[str]] = [set() for _ in chosen]
+        for (n, _), sort_keys in zip(lookups, in_parallel(calls), strict=True):
+            found[n].update(parse_sort_key(k)[0] for k in sort_keys)
+        return sorted(set.intersection(*found))
+
+    def _currents(self, tenant: str, resource_type: str, ids: list[str]) -> list[Version]:
+        chunks = [ids[i : i + BATCH_GET_LIMIT] for i in range(0, len(ids), BATCH_GET_LIMIT)]
+        calls: list[Callable[[], list[Version]]] = [
+            partial(self._store.currents, tenant, resource_type, chunk) for chunk in chunks
+        ]
+        return [v for batch in in_parallel(calls) for v in batch]
+
+    def _live(self, tenant: str, resource_type: str) -> list[tuple[str, str]]:
+        """(lastUpdated, id) of every live resource of the type, oldest first, from its change log."""
+        latest: dict[str, tuple[int, str, bool]] = {}
+        for sort, deleted in self._store.change_log_entries(change_log_partition(tenant, resource_type)):
+            last_updated, _, resource_id, number = sort.split("|")
+            version = int(number)
+            if resource_id not in latest or version > latest[resource_id][0]:
+                latest[resource_id] = (version, last_updated, deleted)
+        return sorted((lu, rid) for rid, (_, lu, deleted) in latest.items() if not deleted)
+
+    def _listing_page(
+        self, tenant: str, resource_type: str, criteria: list[Criterion], options: ResultOptions, offset: int,
+        count: int,
+    ) -> tuple[list[dict[str, Any]], int, int]:
+        """Type listing, optionally by _lastUpdated: keys decide membership, order and total; only the
+        page's current items are read (one Query, one BatchGetItem)."""
+        live = [(lu, rid) for lu, rid in self._live(tenant, resource_type)
+                if all(_last_updated_matches(c, lu) for c in criteria)]
+        if options.sort and options.sort[0][1]:
+            live.reverse()
+        page = [rid for _, rid in live[offset : offset + count]]
+        by_id = {v.resource_id: v for v in self._currents(tenant, resource_type, page)}
+        resources = [by_id[i].resource for i in page if i in by_id and by_id[i].resource is not None
+                     and not by_id[i].deleted]
+        return [r for r in resources if r is not None and matches(r, criteria)], len(live), len(by_id)
+
+    # ---------- Provenance ----------
+    def _provenance_search(self, principal: Principal, params: dict[str, list[str]], lenient: bool) -> SearchPage:
+        criteria, ignored = parse_query(PROVENANCE, params, lenient)
+        count = page_size(self._s, last_value(params.get("_count")))
+        binding = json.dumps([PROVENANCE, sorted((c.param, c.values) for c in criteria)])
+        cursor = last_value(params.get("_cursor"))
+        position = self._cursors.verify(principal.tenant, binding, cursor) if cursor else None
+        keys = self._provenance_keys(principal.tenant, criteria)
+        start = bisect.bisect_right(keys, position) if position is not None else 0
+        page_keys = keys[start : start + count]
+        by_id = {r["id"]: r for r in self._store.provenances(principal.tenant, [_id_of(k) for k in page_keys])}
+        resources = [by_id[_id_of(k)] for k in page_keys if _id_of(k) in by_id]
+
+        def sign(key: str) -> str:
+            return self._cursors.sign(principal.tenant, binding, key)
+
+        next_cursor = sign(page_keys[-1]) if page_keys and start + count < len(keys) else None
+        last_start = ((len(keys) - 1) // count) * count if count and keys else 0
+        last_cursor = sign(keys[last_start - 1]) if last_start > 0 else None
+        shown = {k: v for k, v in params.items() if k not in ignored and k != "_cursor"}
+        return SearchPage(resources, len(keys), next_cursor, last_cursor, ignored, applied=shown)
+
+    def _provenance_keys(self, tenant: str, criteria: list[ProvenanceCriterion]) -> list[str]:
+        key_sets: list[set[str]] = []
+        ids: set[str] | None = None
+        recorded: list[ProvenanceCriterion] = []
+        for criterion in criteria:
+            if criterion.param in PROVENANCE_REFERENCE_PARAMS:
+                found: set[str] = set()
+                for value in criterion.values:
+                    ref = _reference_value(criterion.param, value)
+                    found.update(self._store.index_sort_keys(index_partition(tenant, PROVENANCE, criterion.param, ref)))
+                key_sets.append(found)
+            elif criterion.param == "_id":
+                wanted = set(criterion.values)
+                ids = wanted if ids is None else ids & wanted
+            else:
+                recorded.append(criterion)
+        if not key_sets:
+            if ids is None:
+                raise InvalidRequest("Provenance search needs target, agent, patient, entity or _id")
+            records = self._store.provenances(tenant, sorted(ids)[: self._s.page_size_max])
+            key_sets.append({f"{recorded_key(r['recorded'])}|{r['id']}" for r in records})
+        keys = set.intersection(*key_sets)
+        if ids is not None:
+            keys = {k for k in keys if _id_of(k) in ids}
+        for criterion in recorded:
+            ranges = [_recorded_range(v) for v in criterion.values]
+            keys = {k for k in keys if any(_in_range(k.split("|", 1)[0], r) for r in ranges)}
+        return sorted(keys)
+
+def _id_of(sort_key: str) -> str:
+    return sort_key.rsplit("|", 1)[-1]
+
+
+def _reference_value(param: str, value: str) -> str:
+    if "/" not in value:
+        if param == "patient":
+            value = f"Patient/{value}"
+        else:
+            raise InvalidRequest(f"{param} needs a reference like Type/id")
+    return canonical_reference(value)
+
+
+DATE_FORMATS = ((4, "%Y", "year"), (7, "%Y-%m", "month"), (10, "%Y-%m-%d", "day"))
+
+
+def _recorded_range(raw: str) -> tuple[str, str, str]:
+    """`ge2024-01-15` -> (prefix, low, high) as sortable UTC strings covering the value's precision."""
+    prefix = raw[:2] if raw[:2] in RECORDED_PREFIXES else "eq"
+    value = raw[2:] if raw[:2] in RECORDED_PREFIXES else raw
+    try:
+        low, high = _date_bounds(value)
+    except ValueError:
+        raise InvalidRequest(f"recorded value '{raw[:40]}' is not a FHIR date or dateTime") from None
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
+    return prefix, low.strftime(fmt), high.strftime(fmt)
+
+
+def _date_bounds(value: str) -> tuple[datetime, datetime]:
+    for length, fmt, unit in DATE_FORMATS:
+        if len(value) == length:
+            low = datetime.strptime(value, fmt).replace(tzinfo=UTC)
+            if unit == "year":
+                return low, low.replace(year=low.year + 1)
+            if unit == "month":
+                return low, (low + timedelta(days=32)).replace(day=1)
+            return low, low + timedelta(days=1)
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    precision = timedelta(seconds=1) if "." not in value else timedelta(microseconds=1)
+    low = moment.astimezone(UTC)
+    return low, low + precision
+
+
+def _in_range(key: str, bounds: tuple[str, str, str]) -> bool:
+    prefix, low, high = bounds
+    return {
+        "eq": low <= key < high,
+        "ge": key >= low,
+        "gt": key >= high,
+        "le": key < high,
+        "lt": key < low,
+    }[prefix]
+
+
+# ---------- result parameters ----------
+def _result_options(settings: Settings, resource_type: str, applied: dict[str, list[str]]) -> ResultOptions:
+    count = page_size(settings, last_value(applied.get("_count")))
+    sort: list[tuple[str, bool]] = []
+    offered = params_for(resource_type)
+    for raw in (last_value(applied.get("_sort")) or "").split(","):
+        if not raw.strip():
+            continue
+        descending = raw.strip().startswith("-")
+        code = raw.strip().lstrip("-")
+        param = offered.get(code)
+        if code not in ("_lastUpdated", "_id") and (param is None or param.type != "date"):
+            raises = "_lastUpdated, _id or a date parameter"
+            raise InvalidRequest(f"_sort by '{code[:64]}' is not supported for {resource_type} (use {raises})")
+        sort.append((code, descending))
+    total = last_value(applied.get("_total")) or "accurate"
+    if total not in ("none", "estimate", "accurate"):
+        raise InvalidRequest("_total must be none, estimate or accurate")
+    summary = last_value(applied.get("_summary"))
+    if summary not in (None, "true", "false", "count", "data"):
+        raise InvalidRequest("_summary must be true, false, count or data (text is not supported)")
+    elements = last_value(applied.get("_elements"))
+    names: tuple[str, ...] | None = None
+    if elements is not None:
+        names = tuple(e.strip() for e in elements.split(",") if e.strip())
+        if not names or not all(re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", n) for n in names):
+            raise InvalidRequest("_elements takes a comma-separated list of element names")
+    return ResultOptions(count, tuple(sort), total != "none", summary if summary not in ("false",) else None, names)
+
+
+def _canonical(criteria: list[Criterion]) -> str:
+    def value(v: Any) -> str:
+        return repr((v.prefix, v.text, v.token, sorted(v.references), v.range, str(v.number), v.system, v.code,
+                     v.missing))
+
+    return json.dumps(sorted([c.param.code, c.modifier or "", sorted(value(v) for v in c.values)] for c in criteria))
+
+
+def _sorted(resource_type: str, resources: list[dict[str, Any]], sort: tuple[tuple[str, bool], ...]
+            ) -> list[dict[str, Any]]:
+    """Default: oldest change first. Missing values sort last either way."""
+    ordered = sorted(resources, key=lambda r: ((r.get("meta") or {}).get("lastUpdated", ""), r["id"]))
+    offered = params_for(resource_type)
+    for code, descending in reversed(sort):
+        if code in ("_lastUpdated", "_id"):
+            def text_key(r: dict[str, Any], code: str = code, descending: bool = descending) -> tuple[bool, str]:
+                value = r["id"] if code == "_id" else (r.get("meta") or {}).get("lastUpdated")
+                return (value is None) != descending, value or ""
+            ordered.sort(key=text_key, reverse=descending)
+        else:
+            param = offered[code]
+
+            def date_key(r: dict[str, Any], param: Any = param, descending: bool = descending) -> tuple[bool, datetime]:
+                value = sort_key(param, r, descending)
+                return (value is None) != descending, value or MIN_INSTANT
+            ordered.sort(key=date_key, reverse=descending)
+    return ordered
+
+
+def _last_updated_matches(criterion: Criterion, last_updated: str) -> bool:
+    found = date_range(last_updated)
+    if found is None:
+        return False
+    return any(q.range is not None and date_matches(q.prefix, q.range, found) for q in criterion.values)
+
+
+@lru_cache(maxsize=64)
+def _summary_elements(resource_type: str) -> frozenset[str]:
+    fields = get_fhir_model_class(resource_type).model_fields.values()
+    return frozenset(f.alias for f in fields if f.alias and isinstance(f.json_schema_extra, dict)
+                     and f.json_schema_extra.get("summary_element_property"))
+
+
+def _shape(resource: dict[str, Any], options: ResultOptions) -> dict[str, Any]:
+    """_summary=true|data and _elements: a SUBSETTED copy (the stored resource is never changed)."""
+    keep: set[str]
+    if options.summary == "true":
+        keep = {*_summary_elements(resource["resourceType"]), "resourceType", "id", "meta"}
+    elif options.summary == "data":
+        keep = set(resource) - {"text"}
+    elif options.elements is not None:
+        keep = {*options.elements, "resourceType", "id", "meta"}
+    else:
+        return resource
+    shaped = {k: v for k, v in resource.items() if k in keep}
+    meta = dict(shaped.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    shaped["meta"] = meta
+    return shaped

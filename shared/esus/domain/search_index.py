@@ -1,0 +1,116 @@
+"""Index keys and items for FHIR search (docs/SEARCH.md).
+
+A term (esus.domain.search_semantics) becomes an index key: as it is for parameters that read only clear elements,
+else a truncated HMAC under a per-tenant, per-parameter key from the HKDF hierarchy (`k<version>.<hex>`,
+so a key rotation keeps old items findable). Items are keyed by resource id AND version and are never
+deleted on the request path: a write needs nothing from the version it replaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import TypeVar
+
+from esus.domain.search_params import SearchParam, params_for
+from esus.domain.search_semantics import index_terms
+from esus.model import IndexEntry, Version
+from esus.security.crypto import KeyRing, index_purpose
+from esus.settings import Settings
+from esus.storage.store import index_partition
+
+T = TypeVar("T")
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def pool() -> ThreadPoolExecutor:
+    """Concurrent DynamoDB calls (boto3 clients are thread-safe): index writes beside the version's
+    transaction, and a query's partition lookups side by side."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="esus-search")
+    return _pool
+
+
+def in_parallel(calls: Sequence[Callable[[], T]]) -> list[T]:
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    futures: list[Future[T]] = [pool().submit(call) for call in calls]
+    wait(futures)  # all finish before any error is raised: no work outlives the request
+    return [f.result() for f in futures]
+
+
+def sort_key(resource_id: str, version: int) -> str:
+    return f"{resource_id}|{version:012d}"
+
+
+def parse_sort_key(sort: str) -> tuple[str, int]:
+    resource_id, _, version = sort.rpartition("|")
+    return resource_id, int(version) if version.isdigit() else 0
+
+
+def search_entry_from_ref(ref: str) -> IndexEntry:
+    """An `idx` ref of a search index item (sort key id|version) as the entry it names."""
+    partition, sort = ref.split("\n", 1)
+    return IndexEntry(partition, sort, parse_sort_key(sort)[0])
+
+
+class SearchKeys:
+    """Term -> index key, per tenant and parameter."""
+
+    def __init__(self, keyring: KeyRing, settings: Settings) -> None:
+        self._keyring = keyring
+        self._s = settings
+
+    def bits(self, param: SearchParam) -> int:
+        """Truncation per parameter (docs/SEARCH.md): collisions only add candidates that are re-checked."""
+        if param.type == "reference":
+            return 128  # references may be full length: a patient's items must not mix with another's
+        if param.type == "date":
+            return 16
+        if param.type in ("number", "quantity"):
+            return 12
+        if param.code == "phone":
+            return self._s.token_bits_phone
+        if param.code == "email":
+            return self._s.token_bits_email
+        return self._s.token_bits_identifier
+
+    def key(self, tenant: str, param: SearchParam, term: str, key_version: str | None = None) -> str:
+        if param.clear:
+            return term
+        kv = key_version or self._keyring.current_version()
+        secret = self._keyring.key(tenant, index_purpose(param.key_name), kv)
+        bits = self.bits(param)
+        value = int.from_bytes(hmac.new(secret, term.encode(), hashlib.sha256).digest(), "big") >> (256 - bits)
+        return f"k{kv}.{value:0{(bits + 3) // 4}x}"
+
+    def lookup_keys(self, tenant: str, param: SearchParam, term: str) -> list[str]:
+        """Under every live key version: items written before a rotation stay findable."""
+        if param.clear:
+            return [term]
+        return sorted({self.key(tenant, param, term, kv) for kv in self._keyring.versions()})
+
+    def partition(self, tenant: str, param: SearchParam, key: str) -> str:
+        return index_partition(tenant, param.resource_type, param.code, key)
+
+    def entries(self, tenant: str, version: Version) -> list[IndexEntry]:
+        """Every index item of one version (none for a delete)."""
+        if version.resource is None:
+            return []
+        found: list[IndexEntry] = []
+        sort = sort_key(version.resource_id, version.version)
+        for param in params_for(version.resource_type).values():
+            for term in sorted(index_terms(param, version.resource)):
+                partition = self.partition(tenant, param, self.key(tenant, param, term))
+                found.append(IndexEntry(partition, sort, version.resource_id))
+        return found
+
+
+def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+

@@ -1,0 +1,48 @@
+"""The R4 search parameters ESUS offers, per type (the table `esus_dev.codegen.gen_search_params` generates from
+the official SearchParameter definitions; see docs/SEARCH.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+TABLE = Path(__file__).with_name("search_params_r4.json")
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    resource_type: str
+    code: str
+    type: str  # number date string token reference quantity uri
+    expression: str
+    clear: bool  # every element the expression reads is a clear element: index keys may hold values
+    targets: tuple[str, ...] = ()
+    resolve: str | None = None  # `.where(resolve() is T)`: only references to T count
+
+    @property
+    def key_name(self) -> str:
+        """Names the parameter's HMAC key (per tenant, from HKDF) and its index partitions."""
+        return f"{self.resource_type}.{self.code}"
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict[str, dict[str, SearchParam]]:
+    raw = json.loads(TABLE.read_text(encoding="utf-8"))
+    return {
+        resource_type: {
+            code: SearchParam(resource_type, code, entry["type"], entry["expression"], bool(entry["clear"]),
+                              tuple(entry.get("targets") or ()), entry.get("resolve"))
+            for code, entry in params.items()
+        }
+        for resource_type, params in raw.items()
+    }
+
+
+def params_for(resource_type: str) -> dict[str, SearchParam]:
+    return _table().get(resource_type, {})
+
+
+def searchable_types() -> list[str]:
+    return sorted(_table())

@@ -1,0 +1,1 @@
+"""HTTP edge: the resolver, requests, responses and Bundle rendering, the ONE place errors become HTTP."""

@@ -1,0 +1,1 @@
+"""Operations: the integrity checker, key rotation and re-encryption, index repair."""

@@ -1,0 +1,325 @@
+"""Integrity checker (`esus verify`): proves, for every tenant, the invariants every write keeps.
+
+- every current item has history items for versions 1..v, contiguous, the last equal to it;
+- every version has exactly one Provenance whose target is that version (the one its write stored);
+- every index item a current version owns (`idx`) exists, and `idx` lists every search index item the
+  version's content needs (docs/SEARCH.md). Search index items of older versions, and orphans of writes
+  that failed, are expected (searches re-check every candidate and cleanup is lazy): they are counted
+  per tenant as stale, not reported; `--repair-index` writes missing items and deletes stale ones;
+- every history item is in the tenant's change log (type and system level);
+- every sealed element decrypts (tag, key version and AAD all check), current items included.
+
+Streaming, in bounded memory (at most one Scan page, or one resource's history page, at a time), in
+three passes that need nothing from one another:
+
+1. Resources, page by page. Per resource: Query its history partition (oldest first, a page at a
+   time), look its Provenance records up through the Provenance `target` index partition of the
+   resource (`T/id`, one Query, then the records in batches), and check the change-log and index
+   items it names with batched key lookups. Memory per resource: one history page plus one count
+   per version.
+2. Provenance, page by page: every record decrypts, and the index items derived from it exist. That
+   is what makes pass 1's lookup through the `target` index complete: a Provenance missing from its
+   target partition is reported here.
+3. Index, page by page: each search index item's owner (the current item its sort key names, read
+   keys-and-`idx` only) still lists it; those it does not are stale.
+
+The alternative, loading whole tables and joining them in memory, is what this replaces: it does not
+scale with the data, and its one shared loop variable once made it check only one tenant.
+
+Every problem is attributed to the tenant its key begins with; the report groups counts and problems
+by tenant. A write that lands while a resource is checked can look like damage (a history version newer
+than the current item read a moment before, an index item replaced): findings are re-checked against
+the item as it is now before being reported, so `esus verify` can run against a live store.
+
+Clients may also POST a Provenance that targets a version (an attestation added later). Only the write's
+own record counts towards "exactly one": it is stored in the version's transaction with the version's
+lastUpdated as its own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from esus.container import Services
+from esus.domain import provenance as prov
+from esus.domain.fhir import PROVENANCE
+from esus.domain.search_index import parse_sort_key, search_entry_from_ref
+from esus.domain.search_params import params_for
+from esus.errors import IntegrityFailure
+from esus.model import IndexEntry, Version
+from esus.storage.store import (
+    ALL_TYPES,
+    change_log_partition,
+    change_log_sort,
+    index_partition,
+    index_sort_id,
+    key_tenant,
+    resource_key,
+    split_resource_key,
+)
+
+RECHECKS = 3  # a resource written this often while it is checked is reported as found
+PROVENANCE_BATCH = 100
+
+
+@dataclass
+class TenantReport:
+    resources: int = 0
+    versions: int = 0
+    provenances: int = 0
+    index_items: int = 0
+    stale_index_items: int = 0  # search items of older versions or failed writes: harmless, cleaned lazily
+    repaired_index_items: int = 0  # with repair: missing items written plus stale items deleted
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class VerifyReport:
+    tenants: dict[str, TenantReport] = field(default_factory=dict)
+
+    def tenant(self, name: str) -> TenantReport:
+        return self.tenants.setdefault(name, TenantReport())
+
+    def _total(self, name: str) -> int:
+        return sum(int(getattr(t, name)) for t in self.tenants.values())
+
+    @property
+    def resources(self) -> int:
+        return self._total("resources")
+
+    @property
+    def versions(self) -> int:
+        return self._total("versions")
+
+    @property
+    def provenances(self) -> int:
+        return self._total("provenances")
+
+    @property
+    def index_items(self) -> int:
+        return self._total("index_items")
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for name in sorted(self.tenants) for p in self.tenants[name].problems]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tenants.values())
+
+
+def verify_all(services: Services, tenant: str | None = None, repair_index: bool = False) -> VerifyReport:
+    """All tenants, or only `tenant`'s items (every key begins with the tenant). With `repair_index`,
+    missing search index items are written (from `idx`) and stale ones deleted instead of reported."""
+    checker = _Checker(services, tenant, repair_index)
+    checker.check_resources()
+    checker.check_provenance()
+    checker.check_index()
+    return checker.report
+
+
+@dataclass
+class _WriteProvenance:
+    """Per (version, lastUpdated), how many Provenance records target it (found via the target index):
+    a version's own write record carries the version's lastUpdated."""
+
+    counts: Counter[tuple[int, str]] = field(default_factory=Counter)
+    undecodable: bool = False  # reported by the Provenance pass; the versions it targets are not judged
+
+
+class _Checker:
+    def __init__(self, services: Services, tenant: str | None, repair_index: bool) -> None:
+        self.settings, self.store = services.settings, services.store
+        self.resources, self.keyring = services.resources, services.keyring
+        self.only = tenant
+        self.repair_index = repair_index
+        self.report = VerifyReport()
+
+    # ---------- pass 1: resources, their history, Provenance, change log and index items ----------
+    def check_resources(self) -> None:
+        for page in self.store.scan_pages(self.settings.resources_table, self.only):
+            for item in page:
+                key = str(item["pk"])
+                report = self.report.tenant(key_tenant(key))
+                report.resources += 1
+                problems, versions = self._resource(item)
+                for _ in range(RECHECKS):
+                    if not problems:
+                        break
+                    fresh = self._current_item(key)
+                    if fresh is None or _same(fresh, item):
+                        break  # unchanged meanwhile: what was found is there
+                    item = fresh
+                    problems, versions = self._resource(item)
+                report.versions += versions
+                report.problems += problems
+
+    def _current_item(self, key: str) -> dict[str, Any] | None:
+        found = self.store.get_many(self.settings.resources_table, [{"pk": key}])
+        return found[0] if found else None
+
+    def _resource(self, item: dict[str, Any]) -> tuple[list[str], int]:
+        key = str(item["pk"])
+        tenant, resource_type, resource_id = split_resource_key(key)
+        current_number = int(item["v"])
+        problems: list[str] = []
+        current = self._decode(tenant, resource_type, resource_id, item, f"{key} (current item)", problems)
+        written = self._write_provenance(tenant, resource_type, resource_id)
+        numbers: list[int] = []
+        for page in self.store.history_pages(tenant, resource_type, resource_id):
+            change_log: list[tuple[int, str, tuple[str, str]]] = []
+            for version_item in page:
+                number = int(version_item["v"])
+                numbers.append(number)
+                version = self._decode(tenant, resource_type, resource_id, version_item, f"{key} v{number}", problems)
+                if version is None:
+                    continue
+                count = written.counts[(number, version.last_updated)]
+                if count != 1 and not (count == 0 and written.undecodable):
+                    problems.append(f"{key} v{number}: {count} Provenance records (expected 1)")
+                sort = change_log_sort(version)
+                change_log += [(number, level, (change_log_partition(tenant, level), sort))
+                               for level in (ALL_TYPES, resource_type)]
+                if number == current_number and current is not None and _content(version) != _content(current):
+                    problems.append(f"{key}: current item differs from history v{current_number}")
+            present = self._index_present(key for _, _, key in change_log)
+            problems += [f"{key} v{number}: missing from the {level} change log"
+                         for number, level, index_key in change_log if index_key not in present]
+        if numbers != list(range(1, current_number + 1)):
+            problems.insert(0, f"{key}: history versions {numbers} are not 1..{current_number}")
+        refs = [str(ref) for ref in item.get("idx") or ()]
+        entries = [search_entry_from_ref(ref) for ref in refs]
+        present = self._index_present((e.partition, e.sort) for e in entries)
+        missing = [e for e in entries if (e.partition, e.sort) not in present]
+        if missing and self.repair_index:
+            self.store.put_index_items(missing)
+            self.report.tenant(tenant).repaired_index_items += len(missing)
+        else:
+            problems += [f"{key}: index item {e.partition} is missing (esus verify --repair-index writes it)"
+                         for e in missing]
+        if current is not None and current.resource is not None:
+            problems += self._unlisted_index(key, tenant, current, set(refs))
+        return problems, len(numbers)
+
+    def _unlisted_index(self, key: str, tenant: str, current: Version, listed: set[str]) -> list[str]:
+        """`idx` must list every index item the content needs. Tokens carry their key version, so the
+        recomputation (under the current key) is comparable only once the item is under that key."""
+        current_kv = f"k{self.keyring.current_version()}."
+        if any(_sealed_key(ref) and not _sealed_key(ref).startswith(current_kv) for ref in listed):
+            return []  # tokens under an older key: `esus reencrypt` moves them, then it is checked
+        needed = {e.ref for e in self.resources.index_entries(tenant, current)}
+        unlisted = needed - listed
+        return [f"{key}: idx does not list {len(unlisted)} index item(s) its content needs"] if unlisted else []
+
+    def _decode(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any], label: str,
+                problems: list[str]) -> Version | None:
+        try:
+            return self.store.decode_version(tenant, resource_type, resource_id, item)
+        except IntegrityFailure as exc:
+            problems.append(f"{label}: {exc}")
+            return None
+
+    def _write_provenance(self, tenant: str, resource_type: str, resource_id: str) -> _WriteProvenance:
+        """The Provenance records of every version of one resource, through its `target` index partition."""
+        found = _WriteProvenance()
+        partition = index_partition(tenant, PROVENANCE, "target", f"{resource_type}/{resource_id}")
+        ids = [index_sort_id(sort) for sort in self.store.index_sort_keys(partition)]
+        prefix = f"{resource_type}/{resource_id}/_history/"
+        for start in range(0, len(ids), PROVENANCE_BATCH):
+            keys = [{"pk": resource_key(tenant, PROVENANCE, i)} for i in ids[start:start + PROVENANCE_BATCH]]
+            for item in self.store.get_many(self.settings.provenance_table, keys):
+                try:
+                    record = self.store.decode_provenance(tenant, item)
+                except IntegrityFailure:
+                    found.undecodable = True
+                    continue
+                last_updated = str((record.get("meta") or {}).get("lastUpdated"))
+                for target in record.get("target") or ():
+                    reference = str(target.get("reference", "")) if isinstance(target, dict) else ""
+                    number = reference.removeprefix(prefix)
+                    if reference.startswith(prefix) and number.isdigit():
+                        found.counts[(int(number), last_updated)] += 1
+        return found
+
+    # ---------- pass 2: Provenance records decrypt and are indexed ----------
+    def check_provenance(self) -> None:
+        for page in self.store.scan_pages(self.settings.provenance_table, self.only):
+            wanted: list[tuple[str, IndexEntry]] = []
+            for item in page:
+                key = str(item["pk"])
+                tenant = key_tenant(key)
+                report = self.report.tenant(tenant)
+                report.provenances += 1
+                try:
+                    record = self.store.decode_provenance(tenant, item)
+                except IntegrityFailure as exc:
+                    report.problems.append(f"{key}: {exc}")
+                    continue
+                wanted += [(key, entry) for entry in prov.index_entries(tenant, record, str(item["rec"]))]
+            present = self._index_present((e.partition, e.sort) for _, e in wanted)
+            for key, entry in wanted:
+                if (entry.partition, entry.sort) not in present:
+                    self.report.tenant(key_tenant(key)).problems.append(
+                        f"{key}: index item {entry.partition} is missing")
+
+    # ---------- pass 3: search index items a current version no longer lists are stale ----------
+    def check_index(self) -> None:
+        for page in self.store.scan_pages(self.settings.index_table, self.only):
+            searchable: list[IndexEntry] = []
+            for item in page:
+                partition, sort = str(item["pk"]), str(item["sk"])
+                self.report.tenant(key_tenant(partition)).index_items += 1
+                if is_search_partition(partition):
+                    searchable.append(IndexEntry(partition, sort, parse_sort_key(sort)[0]))
+            stale = self._unowned(searchable)
+            if stale and self.repair_index:
+                self.store.delete_index_items([e.ref for e in stale])
+            for entry in stale:
+                tenant_report = self.report.tenant(key_tenant(entry.partition))
+                tenant_report.stale_index_items += 1
+                tenant_report.repaired_index_items += int(self.repair_index)
+
+    def _unowned(self, entries: list[IndexEntry]) -> list[IndexEntry]:
+        def owner(entry: IndexEntry) -> str:
+            tenant, resource_type = entry.partition.split("|", 2)[:2]
+            return resource_key(tenant, resource_type, entry.resource_id)
+
+        owners = self.store.get_many(self.settings.resources_table, [{"pk": owner(e)} for e in entries],
+                                     attributes=("pk", "idx"))
+        owned = {(str(o["pk"]), str(ref)) for o in owners for ref in o.get("idx") or ()}
+        return [e for e in entries if (owner(e), e.ref) not in owned]
+
+    def _index_present(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        wanted = [{"pk": partition, "sk": sort} for partition, sort in keys]
+        found = self.store.get_many(self.settings.index_table, wanted, attributes=("pk", "sk")) if wanted else []
+        return {(str(i["pk"]), str(i["sk"])) for i in found}
+
+
+def is_search_partition(partition: str) -> bool:
+    """tenant|Type|param|key of a search parameter of a resource type (Provenance keeps its own index,
+    checked with the Provenance records; change-log and guard partitions are not search items)."""
+    parts = partition.split("|", 3)
+    return len(parts) == 4 and parts[1] != PROVENANCE and parts[2] in params_for(parts[1])
+
+
+def _sealed_key(ref: str) -> str:
+    """The HMAC token (`k<version>.<hex>`) of a search index ref on a sealed element, else ""."""
+    partition = ref.split("\n", 1)[0]
+    parts = partition.split("|", 3)
+    param = params_for(parts[1]).get(parts[2]) if len(parts) == 4 else None
+    return parts[3] if param is not None and not param.clear else ""
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a.get("v"), a.get("lu"), a.get("idx")) == (b.get("v"), b.get("lu"), b.get("idx"))
+
+
+def _content(version: Version) -> tuple[Any, ...]:
+    return version.version, version.deleted, version.last_updated, version.resource

@@ -1,0 +1,1 @@
+"""Storage: the DynamoDB adapter, the only code that knows keys and table layouts."""

@@ -1,0 +1,538 @@
+"""DynamoDB adapter: the only module that knows table layouts. Every key begins with the tenant.
+
+resources  pk=tenant|type|id                 current version (v, del, lu, doc, phi, idx)
+history    pk=tenant|type|id, v=version      one item per version, never rewritten
+provenance pk=tenant|id                      Provenance records (immutable)
+index      pk=tenant|type|param|key, sk=id|version  search index items (docs/SEARCH.md), written in or
+           beside the transaction of the version they describe; change log and Provenance index items
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from esus.errors import Conflict, IntegrityFailure, PayloadTooLarge
+from esus.model import IndexEntry, ResourceWrite, Version
+from esus.security.crypto import FieldContext
+from esus.security.phi import ResourceCodec
+from esus.settings import Settings
+
+# The key schema the code relies on, per Settings field (env ESUS_<FIELD>); tests hold template.yaml to it.
+TABLE_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "resources_table": (("pk", "S", "HASH"),),
+    "history_table": (("pk", "S", "HASH"), ("v", "N", "RANGE")),
+    "provenance_table": (("pk", "S", "HASH"),),
+    "index_table": (("pk", "S", "HASH"), ("sk", "S", "RANGE")),
+}
+MAX_ITEM_BYTES = 380_000  # DynamoDB's limit is 400 KB; leave room for attribute names and index refs
+BATCH_GET_LIMIT = 100
+TRANSACTION_ITEM_LIMIT = 100  # DynamoDB TransactWriteItems
+BATCH_WRITE_LIMIT = 25
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+class VersionConflict(Conflict):
+    """The conditional write lost: another version was stored first (or the resource is missing).
+    Callers that can (If-Match, retries) turn it into 412 or a retry; anywhere else it is a 409."""
+
+    def __init__(self, current_version: int | None, current_deleted: bool | None) -> None:
+        super().__init__("A concurrent change won; nothing was stored. Retry.", headers={"Retry-After": "1"})
+        self.current_version = current_version
+        self.current_deleted = current_deleted
+
+
+@dataclass(frozen=True)
+class TransientConflict(Exception):
+    """DynamoDB cancelled the transaction because another one touched the same items."""
+
+    reason: str
+
+
+def resource_key(tenant: str, resource_type: str, resource_id: str) -> str:
+    return f"{tenant}|{resource_type}|{resource_id}"
+
+
+def index_partition(tenant: str, resource_type: str, param: str, value: str) -> str:
+    return f"{tenant}|{resource_type}|{param}|{value}"
+
+
+ALL_TYPES = "*"
+
+
+def change_log_partition(tenant: str, resource_type: str) -> str:
+    """Per-tenant change log (system level: resource_type "*"). One item per version, newest last."""
+    return f"{tenant}|_changes|{resource_type}"
+
+
+def change_log_sort(version: Version) -> str:
+    return f"{version.last_updated}|{version.resource_type}|{version.resource_id}|{version.version:012d}"
+
+
+def key_tenant(key: str) -> str:
+    """The tenant of any key of any table (every key begins with it)."""
+    return key.split("|", 1)[0]
+
+
+def split_resource_key(key: str) -> tuple[str, str, str]:
+    """resource_key's inverse: (tenant, type, id)."""
+    tenant, resource_type, resource_id = key.split("|", 2)
+    return tenant, resource_type, resource_id
+
+
+def index_sort_id(sort: str) -> str:
+    """The id an index sort key (order|id) names."""
+    return sort.rsplit("|", 1)[-1]
+
+
+def _av(value: Any) -> dict[str, Any]:
+    return dict(_serializer.serialize(value))
+
+
+def _item(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: _av(v) for k, v in attrs.items() if v is not None}
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+class Store:
+    def __init__(self, settings: Settings, dynamodb: Any, codec: ResourceCodec) -> None:
+        self._s = settings
+        self._ddb = dynamodb
+        self._codec = codec
+
+    # ---------- reads ----------
+    def current(self, tenant: str, resource_type: str, resource_id: str) -> Version | None:
+        response = self._ddb.get_item(
+            TableName=self._s.resources_table,
+            Key={"pk": _av(resource_key(tenant, resource_type, resource_id))},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return self._version(tenant, resource_type, resource_id, _plain(item)) if item else None
+
+    def version(self, tenant: str, resource_type: str, resource_id: str, vid: int) -> Version | None:
+        response = self._ddb.get_item(
+            TableName=self._s.history_table,
+            Key={"pk": _av(resource_key(tenant, resource_type, resource_id)), "v": _av(vid)},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return self._version(tenant, resource_type, resource_id, _plain(item)) if item else None
+
+    def history(
+        self, tenant: str, resource_type: str, resource_id: str, count: int, since: str | None,
+        before_version: int | None,
+    ) -> tuple[list[Version], bool]:
+        """Newest first. Returns (page, more). `since` filters on lastUpdated (versions are in time order)."""
+        condition = "pk = :pk"
+        values: dict[str, Any] = {":pk": _av(resource_key(tenant, resource_type, resource_id))}
+        if before_version is not None:
+            condition += " AND v < :before"
+            values[":before"] = _av(before_version)
+        kwargs: dict[str, Any] = {
+            "TableName": self._s.history_table,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+            "Limit": count + 1,
+            "ConsistentRead": True,
+        }
+        if since:
+            kwargs["FilterExpression"] = "lu >= :since"
+            values[":since"] = _av(since)
+        items = self._ddb.query(**kwargs).get("Items", [])
+        versions = [self._version(tenant, resource_type, resource_id, _plain(i)) for i in items]
+        return versions[:count], len(versions) > count
+
+    def change_log_keys(
+        self, partition: str, count: int, since: str | None, before: str | None
+    ) -> tuple[list[str], bool]:
+        """Newest first, keys only: one Query per page. Returns (sort keys, more)."""
+        condition, values = "pk = :pk", {":pk": _av(partition)}
+        if since and before:
+            condition += " AND sk BETWEEN :since AND :before"
+            values.update({":since": _av(since), ":before": _av(before)})
+        elif since:
+            condition += " AND sk >= :since"
+            values[":since"] = _av(since)
+        elif before:
+            condition += " AND sk < :before"
+            values[":before"] = _av(before)
+        response = self._ddb.query(
+            TableName=self._s.index_table, KeyConditionExpression=condition, ExpressionAttributeValues=values,
+            ProjectionExpression="sk", ScanIndexForward=False, Limit=count + 1, ConsistentRead=True,
+        )
+        keys = [item["sk"]["S"] for item in response.get("Items", [])]
+        keys = [k for k in keys if before is None or k < before]
+        return keys[:count], len(keys) > count
+
+    def versions_by_change_keys(self, tenant: str, sort_keys: Sequence[str]) -> list[Version]:
+        """The history items that change-log sort keys point at, in the same order (one BatchGetItem)."""
+        refs = [key.split("|")[1:] for key in sort_keys]
+        keys = [{"pk": _av(resource_key(tenant, t, i)), "v": _av(int(v))} for t, i, v in refs]
+        found: dict[tuple[str, int], Version] = {}
+        for item in self._batch_get(self._s.history_table, keys):
+            plain = _plain(item)
+            _, resource_type, resource_id = str(plain["pk"]).split("|", 2)
+            version = self._version(tenant, resource_type, resource_id, plain)
+            found[(version.reference, version.version)] = version
+        return [found[(f"{t}/{i}", int(v))] for t, i, v in refs if (f"{t}/{i}", int(v)) in found]
+
+    def currents(self, tenant: str, resource_type: str, ids: Sequence[str]) -> list[Version]:
+        keys = [{"pk": _av(resource_key(tenant, resource_type, i))} for i in ids]
+        items = self._batch_get(self._s.resources_table, keys)
+        found = []
+        for item in items:
+            plain = _plain(item)
+            found.append(self._version(tenant, resource_type, str(plain["pk"]).rsplit("|", 1)[1], plain))
+        return found
+
+    def provenances(self, tenant: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        keys = [{"pk": _av(resource_key(tenant, "Provenance", i))} for i in ids]
+        return [self._provenance(tenant, _plain(item)) for item in self._batch_get(self._s.provenance_table, keys)]
+
+    def index_sort_keys(self, partition: str) -> list[str]:
+        """All sort keys of one index partition (keys only: small items, one Query per 1 MB)."""
+        sort_keys: list[str] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._s.index_table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _av(partition)},
+            "ProjectionExpression": "sk",
+            "ConsistentRead": True,
+        }
+        while True:
+            response = self._ddb.query(**kwargs)
+            sort_keys.extend(item["sk"]["S"] for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return sort_keys
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _batch_get(
+        self, table: str, keys: list[dict[str, Any]], attributes: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        projection: dict[str, Any] = {}
+        if attributes:  # only these attributes (names aliased: some are DynamoDB reserved words)
+            names = {f"#a{n}": name for n, name in enumerate(attributes)}
+            projection = {"ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names}
+        for start in range(0, len(keys), BATCH_GET_LIMIT):
+            pending: dict[str, Any] = {
+                table: {"Keys": keys[start : start + BATCH_GET_LIMIT], "ConsistentRead": True, **projection}}
+            for attempt in range(6):
+                response = self._ddb.batch_get_item(RequestItems=pending)
+                items.extend(response.get("Responses", {}).get(table, []))
+                pending = response.get("UnprocessedKeys") or {}
+                if not pending:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
+            else:
+                raise ClientError(
+                    {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "batch get"}},
+                    "BatchGetItem",
+                )
+        return items
+
+    # ---------- decoding ----------
+    def decode_version(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any]) -> Version:
+        return self._version(tenant, resource_type, resource_id, item)
+
+    def decode_provenance(self, tenant: str, item: dict[str, Any]) -> dict[str, Any]:
+        return self._provenance(tenant, item)
+
+    def _version(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any]) -> Version:
+        version = int(item["v"])
+        deleted = bool(item.get("del", False))
+        resource = None
+        if not deleted:
+            ctx = FieldContext(tenant, resource_type, resource_id, version)
+            resource = self._codec.decode(ctx, item["doc"], _binary_map(item.get("phi")))
+            meta = resource.get("meta") or {}
+            if resource.get("id") != resource_id or meta.get("versionId") != str(version):
+                raise IntegrityFailure("Stored data does not belong to its key")
+        return Version(
+            resource_type=resource_type,
+            resource_id=resource_id,
+            version=version,
+            last_updated=str(item["lu"]),
+            deleted=deleted,
+            resource=resource,
+            method=str(item.get("m", "PUT")),
+            status=int(item.get("st", 200)),
+            index_refs=tuple(item.get("idx") or ()),
+        )
+
+    def _provenance(self, tenant: str, item: dict[str, Any]) -> dict[str, Any]:
+        provenance_id = str(item["pk"]).rsplit("|", 1)[1]
+        ctx = FieldContext(tenant, "Provenance", provenance_id, 1)
+        resource = self._codec.decode(ctx, item["doc"], _binary_map(item.get("phi")))
+        if resource.get("id") != provenance_id:
+            raise IntegrityFailure("Stored data does not belong to its key")
+        return resource
+
+    # ---------- writes ----------
+    def encode_version(self, tenant: str, version: Version) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"v": version.version, "del": version.deleted, "lu": version.last_updated}
+        if version.resource is not None:
+            ctx = FieldContext(tenant, version.resource_type, version.resource_id, version.version)
+            attrs["doc"], attrs["phi"] = self._codec.encode(ctx, version.resource)
+        size = len(attrs.get("doc", "")) + sum(len(b) for b in attrs.get("phi", {}).values())
+        if size > MAX_ITEM_BYTES:
+            raise PayloadTooLarge(
+                f"The resource is too large to store ({size} bytes encoded; the limit is {MAX_ITEM_BYTES})"
+            )
+        return attrs
+
+    def provenance_put(self, tenant: str, provenance: dict[str, Any], recorded_key: str) -> dict[str, Any]:
+        ctx = FieldContext(tenant, "Provenance", provenance["id"], 1)
+        doc, phi = self._codec.encode(ctx, provenance)
+        item = _item({"pk": resource_key(tenant, "Provenance", provenance["id"]), "doc": doc, "phi": phi,
+                      "lu": provenance["meta"]["lastUpdated"], "rec": recorded_key})
+        return {"Put": {"TableName": self._s.provenance_table, "Item": item,
+                        "ConditionExpression": "attribute_not_exists(pk)"}}
+
+    def index_put(self, entry: IndexEntry) -> dict[str, Any]:
+        item = _item({"pk": entry.partition, "sk": entry.sort, "rid": entry.resource_id,
+                      "del": True if entry.deleted else None})
+        return {"Put": {"TableName": self._s.index_table, "Item": item}}
+
+    def put_index_items(self, entries: Sequence[IndexEntry]) -> None:
+        """Idempotent puts outside any transaction (search index items, docs/SEARCH.md)."""
+        self._batch_write([self.index_put(e)["Put"]["Item"] for e in entries], [])
+
+    def delete_index_items(self, refs: Sequence[str]) -> None:
+        keys = [self.index_delete(ref)["Delete"]["Key"] for ref in refs]
+        self._batch_write([], keys)
+
+    def _batch_write(self, puts: list[dict[str, Any]], deletes: list[dict[str, Any]]) -> None:
+        requests = [{"PutRequest": {"Item": i}} for i in puts] + [{"DeleteRequest": {"Key": k}} for k in deletes]
+        for start in range(0, len(requests), BATCH_WRITE_LIMIT):
+            pending: dict[str, Any] = {self._s.index_table: requests[start : start + BATCH_WRITE_LIMIT]}
+            for attempt in range(8):
+                pending = self._ddb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
+            else:
+                raise ClientError(
+                    {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "batch write"}},
+                    "BatchWriteItem",
+                )
+
+    def change_log_entries(self, partition: str) -> list[tuple[str, bool]]:
+        """Every entry of a change-log partition, oldest first, keys and delete flags only."""
+        found: list[tuple[str, bool]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._s.index_table, "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _av(partition)}, "ProjectionExpression": "sk, #d",
+            "ExpressionAttributeNames": {"#d": "del"}, "ConsistentRead": True,
+        }
+        while True:
+            response = self._ddb.query(**kwargs)
+            found.extend((i["sk"]["S"], bool(i.get("del", {}).get("BOOL", False))) for i in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return found
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _guard_put(self, write: ResourceWrite) -> dict[str, Any]:
+        assert write.unique_guard is not None
+        partition, stale_id = write.unique_guard
+        put: dict[str, Any] = {"TableName": self._s.index_table,
+                               "Item": _item({"pk": partition, "sk": "-", "rid": write.version.resource_id})}
+        if stale_id is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:  # the guarded resource no longer matches: take the guard over, unless someone else did
+            put["ConditionExpression"] = "rid = :stale"
+            put["ExpressionAttributeValues"] = {":stale": _av(stale_id)}
+        return {"Put": put}
+
+    def guard_owner(self, partition: str) -> str | None:
+        response = self._ddb.get_item(TableName=self._s.index_table, Key={"pk": _av(partition), "sk": _av("-")},
+                                      ConsistentRead=True)
+        item = response.get("Item")
+        return str(item["rid"]["S"]) if item else None
+
+    def index_delete(self, ref: str) -> dict[str, Any]:
+        entry = IndexEntry.from_ref(ref)
+        return {"Delete": {"TableName": self._s.index_table,
+                           "Key": {"pk": _av(entry.partition), "sk": _av(entry.sort)}}}
+
+    def resource_write_items(self, write: ResourceWrite, recorded_key: str) -> list[dict[str, Any]]:
+        """The TransactWriteItems entries of one resource write (also used inside larger transactions)."""
+        v = write.version
+        pk = resource_key(write.tenant, v.resource_type, v.resource_id)
+        attrs = self.encode_version(write.tenant, v)
+        # One item per key: two values whose truncated tokens collide share one index item, and one
+        # transaction must not touch an item twice (DynamoDB rejects the whole call).
+        entries = unique_entries(write.index_entries)
+        new_refs = [e.ref for e in (*entries, *unique_entries(write.deferred_index))]
+        current = _item({"pk": pk, **attrs, "idx": new_refs or None})
+        put_current: dict[str, Any] = {
+            "TableName": self._s.resources_table,
+            "Item": current,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if write.expected_version is None:
+            put_current["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            condition = "v = :expected"
+            values = {":expected": _av(write.expected_version)}
+            if write.expected_deleted is not None:
+                condition += " AND del = :deleted"
+                values[":deleted"] = _av(write.expected_deleted)
+            put_current["ConditionExpression"] = condition
+            put_current["ExpressionAttributeValues"] = values
+        history = _item({"pk": pk, **attrs, "m": v.method, "st": v.status})
+        old_refs = set(write.stale_index_refs)
+        items: list[dict[str, Any]] = [
+            {"Put": put_current},
+            {"Put": {"TableName": self._s.history_table, "Item": history,
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+            self.provenance_put(write.tenant, write.provenance, recorded_key),
+            *(self.index_put(e) for e in unique_entries(write.provenance_index)),
+            *(self.index_put(e) for e in write.change_log),
+            *([self._guard_put(write)] if write.unique_guard else []),
+            *(self.index_put(e) for e in entries if e.ref not in old_refs),
+            *(self.index_delete(ref) for ref in sorted(old_refs - set(new_refs))),
+        ]
+        return items
+
+    # ---------- maintenance: re-encryption after a root-key rotation ----------
+    def scan(self, table: str) -> Iterator[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+        while True:
+            page = self._ddb.scan(**kwargs)
+            yield from (_plain(item) for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # ---------- the integrity checker's bounded reads (esus verify) ----------
+    def scan_pages(self, table: str, tenant: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """One Scan page (at most 1 MB) at a time, optionally only `tenant`'s items."""
+        kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+        if tenant is not None:
+            kwargs["FilterExpression"] = "begins_with(pk, :tenant)"
+            kwargs["ExpressionAttributeValues"] = {":tenant": _av(f"{tenant}|")}
+        while True:
+            page = self._ddb.scan(**kwargs)
+            yield [_plain(item) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def history_pages(self, tenant: str, resource_type: str, resource_id: str) -> Iterator[list[dict[str, Any]]]:
+        """A resource's history items, oldest first, one Query page at a time (undecoded)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._s.history_table, "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _av(resource_key(tenant, resource_type, resource_id))},
+            "ScanIndexForward": True, "ConsistentRead": True,
+        }
+        while True:
+            page = self._ddb.query(**kwargs)
+            yield [_plain(item) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def get_many(
+        self, table: str, keys: Sequence[dict[str, Any]], attributes: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """The items of `table` at these plain keys (absent ones are left out), optionally only `attributes`."""
+        unique = list({tuple(sorted(k.items())): k for k in keys}.values())  # BatchGetItem rejects duplicates
+        return [_plain(i) for i in self._batch_get(table, [_item(k) for k in unique], attributes)]
+
+    def _is_stale(self, item: dict[str, Any], current_kv: str) -> bool:
+        versions = self._codec.key_versions(_binary_map(item.get("phi")))
+        tokens_stale = any(f"|k{current_kv}." not in ref.split("\n", 1)[0] for ref in item.get("idx") or ())
+        return bool(versions - {current_kv}) or tokens_stale
+
+    def reencrypt_version_item(
+        self, table: str, item: dict[str, Any], current_kv: str,
+        index_entries: Callable[[str, Version], list[IndexEntry]] | None = None,
+    ) -> bool:
+        """Re-seal one resources/history item under the current key version (and, for current items,
+        move its index items to current-version tokens), conditioned on the version it had."""
+        if not self._is_stale(item, current_kv):
+            return False
+        tenant, resource_type, resource_id = str(item["pk"]).split("|", 2)
+        version = self._version(tenant, resource_type, resource_id, item)
+        attrs = self.encode_version(tenant, version)
+        new_entries = index_entries(tenant, version) if index_entries else []
+        new_refs = [e.ref for e in new_entries]
+        old_refs = set(version.index_refs)
+        extra = {"idx": new_refs or None} if index_entries else {"m": version.method, "st": version.status}
+        put = {"TableName": table, "Item": _item({"pk": item["pk"], **attrs, **extra}),
+               "ConditionExpression": "v = :v", "ExpressionAttributeValues": {":v": _av(version.version)}}
+        # Search index items go beside the transaction (a Patient has more than one transaction holds):
+        # new keys first, then the version, then the old keys; a crash leaves extra items, never missing ones.
+        self.put_index_items([e for e in new_entries if e.ref not in old_refs])
+        try:
+            self.transact([{"Put": put}], str(uuid.uuid4()))
+        except VersionConflict:
+            return False  # written meanwhile: the new version already uses the current key
+        self.delete_index_items(sorted(old_refs - set(new_refs)))
+        return True
+
+    def reencrypt_provenance_item(self, item: dict[str, Any], current_kv: str) -> bool:
+        if not self._is_stale(item, current_kv):
+            return False
+        tenant = str(item["pk"]).split("|", 1)[0]
+        record = self._provenance(tenant, item)
+        put = self.provenance_put(tenant, record, str(item["rec"]))["Put"]
+        put["ConditionExpression"] = "attribute_exists(pk)"
+        self.transact([{"Put": put}], str(uuid.uuid4()))
+        return True
+
+    def transact(self, items: list[dict[str, Any]], token: str) -> None:
+        """One all-or-nothing TransactWriteItems. The token makes a retried call idempotent.
+        Every write goes through here, so this is where a write too big for one transaction is refused."""
+        if len(items) > TRANSACTION_ITEM_LIMIT:
+            raise PayloadTooLarge(
+                f"This write needs {len(items)} DynamoDB items (each resource version writes its current and "
+                "history items, a Provenance, and one index item per searchable value such as each telecom, "
+                f"identifier or Provenance target); one atomic transaction holds at most {TRANSACTION_ITEM_LIMIT}. "
+                "Nothing was stored. Send fewer repeating values per resource, or split a transaction Bundle "
+                "into smaller transactions or a batch."
+            )
+        try:
+            self._ddb.transact_write_items(TransactItems=items, ClientRequestToken=token)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons = exc.response.get("CancellationReasons") or []
+            codes = [r.get("Code", "None") for r in reasons]
+            if codes and codes[0] == "ConditionalCheckFailed":
+                old = _plain(dict(reasons[0].get("Item") or {}))
+                raise VersionConflict(
+                    int(old["v"]) if "v" in old else None,
+                    bool(old["del"]) if "del" in old else None,
+                ) from None
+            if "ConditionalCheckFailed" in codes[1:]:  # history or uniqueness item exists: a racing writer won
+                raise VersionConflict(None, None) from None
+            if "TransactionConflict" in codes:
+                raise TransientConflict("TransactionConflict") from None
+            raise
+
+
+def unique_entries(entries: Sequence[IndexEntry]) -> list[IndexEntry]:
+    """Index entries without repeats of the same item (partition + sort key), in their first order."""
+    return list({entry.ref: entry for entry in entries}.values())
+
+
+def _binary_map(value: Any) -> dict[str, bytes]:
+    if not value:
+        return {}
+    return {k: bytes(v.value if hasattr(v, "value") else v) for k, v in value.items()}
+
