@@ -98,7 +98,7 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                                          "content": {"application/json": {"schema": {"type": "object"}}}}},
                                          public=True)},
             "/": {"post": _op("transaction or batch Bundle", write_headers, _ok("200", "Response Bundle", BUNDLE),
-                              _json(BUNDLE))},
+                              _json({"$ref": "#/components/schemas/RequestBundle"}))},
             "/_history": {"get": _op("System history", [*history_params, _param("_at", "query", {"type": "string"})],
                                      _ok("200", "history Bundle", BUNDLE))},
             "/{type}": {
@@ -159,6 +159,32 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                                           "link": {"type": "array", "items": {"type": "object"}},
                                           "entry": {"type": "array", "items": {"type": "object"}}},
                            "additionalProperties": True},
+                # What POST [base] takes: described entry by entry, so generated requests (schemathesis)
+                # exercise conditional entries, If-Match and references, not just empty objects.
+                "RequestBundle": {
+                    "type": "object", "required": ["resourceType", "type"],
+                    "properties": {
+                        "resourceType": {"type": "string", "enum": ["Bundle"]},
+                        "type": {"type": "string", "enum": ["transaction", "batch"]},
+                        "entry": {"type": "array", "maxItems": 8, "items": {
+                            "type": "object", "required": ["request"],
+                            "properties": {
+                                "fullUrl": {"type": "string"},
+                                "resource": {"$ref": "#/components/schemas/Resource"},
+                                "request": {
+                                    "type": "object", "required": ["method", "url"],
+                                    "properties": {
+                                        "method": {"type": "string", "enum": ["POST", "PUT", "DELETE", "GET", "PATCH"]},
+                                        "url": {"type": "string"},
+                                        "ifNoneExist": {"type": "string"},
+                                        "ifMatch": {"type": "string"},
+                                    },
+                                },
+                            },
+                        }},
+                    },
+                    "additionalProperties": True,
+                },
                 "OperationOutcome": {"type": "object", "required": ["resourceType", "issue"],
                                      "properties": {"resourceType": {"type": "string", "enum": ["OperationOutcome"]},
                                                     "issue": {"type": "array", "minItems": 1,
