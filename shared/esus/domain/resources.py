@@ -352,6 +352,7 @@ class ResourceService:
         if not write.deferred_index:
             transact()
             return
+        self._store.require_fits(items)  # refused before the index items beside it are written
         # Too many for one transaction: index items go concurrently with it (one round trip of latency);
         # the write returns only after both, so a search started after it returned finds it. If the
         # transaction fails, the items are orphans that no search ever returns (docs/SEARCH.md).

@@ -495,17 +495,22 @@ class Store:
         self.transact([{"Put": put}], str(uuid.uuid4()))
         return True
 
-    def transact(self, items: list[dict[str, Any]], token: str) -> None:
-        """One all-or-nothing TransactWriteItems. The token makes a retried call idempotent.
-        Every write goes through here, so this is where a write too big for one transaction is refused."""
+    @staticmethod
+    def require_fits(items: list[dict[str, Any]]) -> None:
+        """413 before anything is written (callers that write beside the transaction check first)."""
         if len(items) > TRANSACTION_ITEM_LIMIT:
             raise PayloadTooLarge(
                 f"This write needs {len(items)} DynamoDB items (each resource version writes its current and "
-                "history items, a Provenance, and one index item per searchable value such as each telecom, "
-                f"identifier or Provenance target); one atomic transaction holds at most {TRANSACTION_ITEM_LIMIT}. "
-                "Nothing was stored. Send fewer repeating values per resource, or split a transaction Bundle "
-                "into smaller transactions or a batch."
+                "history items, two change-log items, and a Provenance with one index item per target and "
+                f"agent); one atomic transaction holds at most {TRANSACTION_ITEM_LIMIT}. Nothing was stored. "
+                "Send fewer Provenance targets or agents, or split a transaction Bundle into smaller "
+                "transactions or a batch."
             )
+
+    def transact(self, items: list[dict[str, Any]], token: str) -> None:
+        """One all-or-nothing TransactWriteItems. The token makes a retried call idempotent.
+        Every write goes through here, so this is where a write too big for one transaction is refused."""
+        self.require_fits(items)
         try:
             self._ddb.transact_write_items(TransactItems=items, ClientRequestToken=token)
         except ClientError as exc:
