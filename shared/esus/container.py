@@ -21,9 +21,10 @@ from esus.security.phi import ResourceCodec
 from esus.settings import Settings, get_settings
 from esus.storage.store import Store
 
-AWS_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5, tcp_keepalive=True
-)
+
+def aws_config(settings: Settings) -> Config:
+    return Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2,
+                  read_timeout=settings.aws_read_timeout_seconds, tcp_keepalive=True)
 
 
 @dataclass
@@ -39,8 +40,8 @@ class Services:
 
 
 def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None) -> Services:
-    dynamodb = dynamodb or boto3.client("dynamodb", config=AWS_CONFIG)
-    secrets = secrets or boto3.client("secretsmanager", config=AWS_CONFIG)
+    dynamodb = dynamodb or boto3.client("dynamodb", config=aws_config(settings))
+    secrets = secrets or boto3.client("secretsmanager", config=aws_config(settings))
 
     def fetch_root_key() -> str:
         return str(secrets.get_secret_value(SecretId=settings.root_key_secret_id)["SecretString"])

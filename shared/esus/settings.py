@@ -27,6 +27,9 @@ class Settings(BaseSettings):
 
     # Secrets Manager root key is re-read after this many seconds (rotation takes effect then).
     root_key_max_age_seconds: int = 300
+    # Per AWS call. Lambda's 10 s timeout bounds a request; the local stack, whose moto server serialises
+    # every call, raises it (a loaded developer machine is not DynamoDB).
+    aws_read_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     page_size_default: int = 10
     page_size_max: int = 100
     update_retry_attempts: int = Field(default=5, ge=1, le=20)

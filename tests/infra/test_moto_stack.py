@@ -283,9 +283,12 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
                                     authorized=False)
     assert status == 200
 
+    # Sixty more phones: more search index items than one transaction holds, so the writes also put index
+    # items beside the transaction (BatchWriteItem), as large resources do.
+    many_phones = [{"system": "phone", "value": f"+1 555 7{n:03d}"} for n in range(60)]
     patient = {"resourceType": "Patient", "name": [{"family": "Chalmers"}],
                "telecom": [{"system": "phone", "value": "+1 555 0100"},
-                           {"system": "email", "value": "peter@example.org"}],
+                           {"system": "email", "value": "peter@example.org"}, *many_phones],
                "identifier": [{"system": "urn:mrn", "value": "MRN-1"}]}
     status, created, _ = deployed.request("CreateFunction", "POST", "/fhir/Patient", "/fhir/{type}",
                                           {"type": "Patient"}, body=patient)
@@ -311,7 +314,7 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     status, body, _ = deployed.request("SystemHistoryFunction", "GET", "/fhir/_history", "/fhir/_history", None)
     assert status == 200 and body["entry"], body
 
-    changed = {**patient, "id": pid, "telecom": [{"system": "phone", "value": "+1 555 0199"}]}
+    changed = {**patient, "id": pid, "telecom": [{"system": "phone", "value": "+1 555 0199"}, *many_phones]}
     status, body, _ = deployed.request("UpdateFunction", "PUT", f"/fhir/Patient/{pid}", "/fhir/{type}/{id}", item,
                                        body=changed)
     assert status == 200, body
@@ -354,7 +357,7 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
         status, body, _ = deployed.request("CreateFunction", "POST", "/fhir/Patient", "/fhir/{type}",
                                            {"type": "Patient"}, body=second, headers={"If-None-Exist": condition})
         assert status == expected, body
-    second_changed = {**second, "telecom": [{"system": "phone", "value": "+1 555 0201"}]}
+    second_changed = {**second, "telecom": [{"system": "phone", "value": "+1 555 0201"}, *many_phones]}
     status, body, _ = deployed.request("ConditionalUpdateFunction", "PUT", "/fhir/Patient", "/fhir/{type}",
                                        {"type": "Patient"}, query={"identifier": "urn:mrn|MRN-2"},
                                        body=second_changed)

@@ -50,6 +50,44 @@ def test_the_internals_the_patches_rely_on_are_unchanged() -> None:
     assert models.copy is copy  # type: ignore[attr-defined]  # the module global the patch swaps
     tracked = [m for ms in model_data.values() for m in ms.values()]
     assert tracked and all(isinstance(m.instances_tracked, list) for m in tracked)  # type: ignore[attr-defined]
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    stub = getattr(BotocoreStubber.__call__, "__wrapped__", BotocoreStubber.__call__)
+    assert list(inspect.signature(stub).parameters) == ["self", "event_name", "request", "kwargs"]
+
+
+def test_in_process_mocks_answer_concurrent_calls_one_at_a_time() -> None:
+    """ESUS's concurrent calls (search lookups, index items beside a transaction) against moto.mock_aws:
+    serialised, every call lands (unserialised, moto's deepcopy raised 'dictionary changed size')."""
+    import threading
+
+    import boto3
+    from moto import mock_aws
+
+    from esus_dev.localstack.moto_patches import serialise_in_process_mock
+
+    serialise_in_process_mock()
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(TableName="t", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                         BillingMode="PAY_PER_REQUEST")
+        errors: list[BaseException] = []
+
+        def writer(n: int) -> None:
+            try:
+                for i in range(40):
+                    ddb.transact_write_items(TransactItems=[_put("t", f"{n}-{i}"), _put("t", f"{n}-{i}-b")])
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        assert ddb.scan(TableName="t", Select="COUNT")["Count"] == 4 * 40 * 2
 
 
 def _put(table: str, pk: str, **extra: Any) -> dict[str, Any]:

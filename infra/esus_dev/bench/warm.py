@@ -103,12 +103,13 @@ def timing_rows(samples: list[Sample]) -> list[TimingRow]:
 def warm_phase(client: Client, report: Report, iterations: int, warmup: int) -> None:
     import boto3
 
-    from esus.container import AWS_CONFIG
+    from esus.container import aws_config
+    from esus.settings import get_settings
 
     run_iteration(client, 0)  # the process's first requests: imports, wiring, root key
     report.first_request_calls = call_counts(c for s in client.samples for c in s.calls
                                              if c.service != "dynamodb")
-    raw_ddb = boto3.session.Session().client("dynamodb", config=AWS_CONFIG)  # not recorded
+    raw_ddb = boto3.session.Session().client("dynamodb", config=aws_config(get_settings()))  # not recorded
     janitor = TableJanitor(raw_ddb, client.stack)
     replayer = Replayer(raw_ddb, client.tenant)
     for i in range(1, warmup):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from esus.domain.fhir import RESOURCE_TYPES
-from esus.security.phi import CLEAR_COMMON, CLEAR_ELEMENTS
+from esus.security.phi import CLEAR_COMMON, CLEAR_ELEMENTS, META, META_CLEAR
 
 REPO = Path(__file__).resolve().parents[3]
 SOURCE = REPO.parent / "shared" / "fhir-spec" / "r4" / "search-parameters.json"
@@ -53,8 +53,10 @@ def _root(alternative: str) -> str:
 
 
 def _elements(resource_type: str, alternatives: list[str]) -> set[str]:
-    """Top-level elements an expression reads (`Observation.value.ofType(Quantity)` -> value)."""
-    return {m.group(1) for a in alternatives for m in re.finditer(rf"\b{resource_type}\.([a-zA-Z]+)", a)}
+    """Top-level elements an expression reads (`Observation.value.ofType(Quantity)` -> value); inside `meta`,
+    which the PHI policy splits, the sub-element (`meta.source`)."""
+    found = re.finditer(rf"\b{resource_type}\.([a-zA-Z]+)(?:\.([a-zA-Z]+))?", " ".join(alternatives))
+    return {f"{m.group(1)}.{m.group(2)}" if m.group(1) == META and m.group(2) else m.group(1) for m in found}
 
 
 def _entry(resource_type: str, resource: dict[str, Any]) -> dict[str, Any] | None:
@@ -76,7 +78,8 @@ def _entry(resource_type: str, resource: dict[str, Any]) -> dict[str, Any] | Non
     if len(resolve_types) > 1:
         return None  # no R4 parameter of a stored type needs this; refuse rather than guess
     alternatives = [RESOLVE_IS.sub("", a) for a in alternatives]
-    clear_elements = CLEAR_COMMON | CLEAR_ELEMENTS.get(resource_type, frozenset())
+    clear_elements = (CLEAR_COMMON - {META}) | CLEAR_ELEMENTS.get(resource_type, frozenset()) | {
+        f"{META}.{sub}" for sub in META_CLEAR}
     entry: dict[str, Any] = {
         "type": kind,
         "expression": " | ".join(alternatives),

@@ -1,4 +1,4 @@
-"""The two places the local stack reaches into moto's internals, behind a version check.
+"""The places the local stack and the tests reach into moto's internals, behind a version check.
 
 Both patches depend on moto's private code, which may change in any release: `install()` refuses to run on a
 moto version they were not tested with (TESTED_MOTO_VERSIONS; pyproject.toml pins the same version), and
@@ -6,8 +6,9 @@ tests/unit/test_moto_patches.py fails on an upgrade until the internals are re-c
 
 To upgrade moto: bump the pin in pyproject.toml, check that moto's DynamoDBBackend.transact_write_items still
 backs up whole tables with the module-global `copy.deepcopy` and that moto.core.model_instances still keeps
-`instances_tracked` lists, run tests/unit/test_moto_patches.py and tests/e2e/test_concurrency.py (it proves the
-rollback), then add the version here.
+`instances_tracked` lists and that moto.core.botocore_stubber.BotocoreStubber.__call__(event_name,
+request, **kwargs) still answers mocked calls, run tests/unit/test_moto_patches.py and
+tests/e2e/test_concurrency.py (it proves the rollback), then add the version here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,30 @@ def check_moto_version() -> str:
             "Install the version pinned in pyproject.toml (`make setup`), or re-check the patches against "
             "the new version as that module's docstring describes.")
     return version
+
+
+def serialise_in_process_mock() -> None:
+    """moto.mock_aws answers in the calling thread and is not thread-safe, while ESUS makes concurrent calls
+    (search lookups, index items written beside a transaction). The local stack's server serialises every
+    call with one lock; in-process mocks (handler and infra tests) get the same: one lock around moto's
+    botocore stub, the single entry point of a mocked call. Idempotent."""
+    import threading
+
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    check_moto_version()
+    call = BotocoreStubber.__call__
+    if getattr(call, "esus_serialised", False):
+        return
+    lock = threading.RLock()
+
+    def serialised(self: Any, event_name: str, request: Any, **kwargs: Any) -> Any:
+        with lock:
+            return call(self, event_name, request, **kwargs)
+
+    serialised.esus_serialised = True  # type: ignore[attr-defined]
+    serialised.__wrapped__ = call  # type: ignore[attr-defined]
+    BotocoreStubber.__call__ = serialised  # type: ignore[method-assign]
 
 
 def install() -> None:

@@ -152,6 +152,7 @@ class LocalStack:
                 if key != "POWERTOOLS_SERVICE_NAME":
                     os.environ[key] = resolve(value, refs)
         os.environ["ESUS_JWT_PUBLIC_KEYS_PEM"] = public_key_pem()
+        os.environ.setdefault("ESUS_AWS_READ_TIMEOUT_SECONDS", "60")  # moto serialises calls (see above)
         os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
         os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "esus-local")
         os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
