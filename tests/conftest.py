@@ -84,10 +84,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     yield from start_stack(tmp_path_factory)
 
 
-def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    """A fresh local stack in a subprocess (modules that load a lot of data use their own)."""
+def start_stack(tmp_path_factory: pytest.TempPathFactory, **env_overrides: str) -> Iterator[RunningStack]:
+    """A fresh local stack in a subprocess (modules that load a lot of data, or change its settings through
+    `env_overrides`, use their own)."""
     dev_dir = tmp_path_factory.mktemp("esus-dev")
-    env = {**os.environ, "ESUS_DEV_DIR": str(dev_dir), "PORT": "0", "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "ESUS_DEV_DIR": str(dev_dir), "PORT": "0", "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1",
+           **env_overrides}
     env.pop("AWS_ENDPOINT_URL", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "esus_dev.cli", "run"], cwd=REPO, env=env,
