@@ -1,5 +1,9 @@
 """Shared fixtures: the real local stack in a subprocess (end-to-end over HTTP) and an in-process
-stack on moto.mock_aws (handler tests with fault injection)."""
+stack on moto.mock_aws (handler tests with fault injection); hypothesis profiles.
+
+Under pytest-xdist every worker is its own session: it starts its own `stack` (PORT=0, its own ESUS_DEV_DIR),
+and a test file runs whole on one worker (`--dist loadfile`), so module fixtures and module state stay in one
+process."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ESUS_SHARED_DATA", REPO.parent / "shared"))
@@ -32,6 +37,19 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "esus-tests")
+
+# Property tests run their full example counts in CI (CI=true) and a fifth of them in a developer's run;
+# HYPOTHESIS_PROFILE=ci|dev chooses explicitly. Tests state their CI count through `examples()`.
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or (
+    "ci" if os.environ.get("CI", "").lower() not in ("", "0", "false") else "dev")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(ci_count: int) -> int:
+    """max_examples for a property test: `ci_count` under the ci profile, a fifth (at least 10) under dev."""
+    return ci_count if HYPOTHESIS_PROFILE == "ci" else max(10, ci_count // 5)
 
 
 def new_tenant() -> str:
