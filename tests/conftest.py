@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,23 @@ settings.load_profile(HYPOTHESIS_PROFILE)
 def examples(ci_count: int) -> int:
     """max_examples for a property test: `ci_count` under the ci profile, a fifth (at least 10) under dev."""
     return ci_count if HYPOTHESIS_PROFILE == "ci" else max(10, ci_count // 5)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis names each operation's item `test[GET /x]`, but pytest 9.2 builds node ids from the original
+    name and a callspec it does not have, so all operations share one id, and pytest-xdist, which schedules by
+    id, would run one operation sixteen times. Give them ids from their names (pytest's private `_id`; a
+    pytest that changes it fails here loudly, not silently)."""
+    counts = Counter(item.nodeid for item in items)
+    for item in items:
+        if counts[item.nodeid] > 1 and item.parent is not None:
+            unique = f"{item.parent.nodeid}::{item.name}"
+            item._id = type(item._id).parse(unique)  # type: ignore[attr-defined]
+            if item.nodeid != unique:
+                raise pytest.UsageError(f"cannot give {item.name} a unique node id ({item.nodeid})")
+    duplicates = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    if duplicates:
+        raise pytest.UsageError(f"tests share node ids (pytest-xdist would run only one of each): {duplicates}")
 
 
 def new_tenant() -> str:
