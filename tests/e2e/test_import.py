@@ -44,11 +44,9 @@ def patient_bundles(paths: list[Path]) -> list[Path]:
 
 
 def corpus_sample() -> list[Path]:
-    """The whole corpus, or (by default) the fewest patient bundles that together hold every resource type of
-    the corpus, smallest first on ties, plus the hospital and practitioner files: these repeat the patient
-    bundles' Organizations and Practitioners, so the sample also exercises superseding across files."""
-    if FULL_CORPUS:
-        return CORPUS
+    """The fewest patient bundles that together hold every resource type of the corpus, smallest first on ties,
+    plus the hospital and practitioner files: these repeat the patient bundles' Organizations and
+    Practitioners, so the sample also exercises superseding across files."""
     types = {path: _types(path) for path in patient_bundles(CORPUS)}
     wanted = set().union(*types.values())
     chosen: list[Path] = []
@@ -59,7 +57,8 @@ def corpus_sample() -> list[Path]:
     return sorted(chosen + [p for p in CORPUS if "Information" in p.name])
 
 
-SOURCES = corpus_sample() if CORPUS else []
+SAMPLE = corpus_sample() if CORPUS else []
+SOURCES = CORPUS if FULL_CORPUS else SAMPLE  # what the main import, its re-runs and checks use
 IMPORT_SYSTEM = "urn:esus:import-source"
 
 
@@ -100,8 +99,21 @@ def corpus_keys() -> dict[str, set[str]]:
     return keys
 
 
+def stored_keys(stack: RunningStack, tenant: str) -> list[str]:
+    """Keys (tenant|Type|id) of the tenant's current resources: the ResourcesTable only, keys only (the other
+    tables and whole items would make every count scan the whole imported corpus)."""
+    ddb, keys = stack.dynamodb(), []
+    kwargs: dict[str, Any] = {"TableName": stack.table("ResourcesTable"), "ProjectionExpression": "pk"}
+    while True:
+        page = ddb.scan(**kwargs)
+        keys += [item["pk"]["S"] for item in page["Items"] if item["pk"]["S"].startswith(f"{tenant}|")]
+        if "LastEvaluatedKey" not in page:
+            return keys
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 def stored_counts(stack: RunningStack, tenant: str) -> Counter[str]:
-    return Counter(item["pk"]["S"].split("|")[1] for item in stack.tenant_items(tenant)["ResourcesTable"])
+    return Counter(key.split("|")[1] for key in stored_keys(stack, tenant))
 
 
 def stored_items(stack: RunningStack, tenant: str) -> dict[str, set[str]]:
@@ -129,8 +141,8 @@ def imported(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_sample_holds_every_corpus_type() -> None:
-    assert set().union(*map(_types, SOURCES)) == set().union(*map(_types, CORPUS))
-    assert len(patient_bundles(SOURCES)) >= 2  # references across bundles to the shared files, and superseding
+    assert set().union(*map(_types, SAMPLE)) == set().union(*map(_types, CORPUS))
+    assert len(patient_bundles(SAMPLE)) >= 2  # references across bundles to the shared files, and superseding
 
 
 def test_synthea_import_loads_completely(stack: RunningStack, imported: Imported) -> None:
@@ -214,16 +226,17 @@ def test_resumed_run_skips_everything_quickly(stack: RunningStack, imported: Imp
 def test_ctrl_c_saves_progress_and_the_next_run_resumes(stack: RunningStack, tmp_path: Path) -> None:
     tenant = new_tenant()
     state_file = tmp_path / "state.json"
-    # The sample at concurrency 1 (~400 writes): SIGINT once 10 are stored leaves most of them unsent. The
-    # store is polled, not the state file, which is flushed only every 2 s: a fast run could end before that.
-    sources = [str(p) for p in SOURCES]
+    # The sample (also under ESUS_FULL_CORPUS) at concurrency 1, ~400 writes: SIGINT once 10 are stored leaves
+    # most of them unsent. The store is polled, not the state file, which is flushed only every 2 s: a fast run
+    # could end before that.
+    sources = [str(p) for p in SAMPLE]
     command = [sys.executable, "-m", "esus_dev.cli", "import", *sources, "--base-url", stack.base_url,
                "--token", stack.token(tenant, "system/*.cruds", None), "--state-file", str(state_file),
                "--concurrency", "1", "--json"]
     process = subprocess.Popen(command, cwd=REPO, env=_env(stack), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while _stored(stack, tenant) < 10 and time.monotonic() < deadline and process.poll() is None:
+    while len(stored_keys(stack, tenant)) < 10 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
@@ -240,11 +253,6 @@ def test_ctrl_c_saves_progress_and_the_next_run_resumes(stack: RunningStack, tmp
     assert resumed.summary["created"] == resumed.summary["resources"] - saved
     assert resumed.summary["unchanged"] == resumed.summary["updated"] == 0
     assert sum(stored_counts(stack, tenant).values()) == resumed.summary["resources"]
-
-
-def _stored(stack: RunningStack, tenant: str) -> int:
-    items = stack.dynamodb().scan(TableName=stack.table("ResourcesTable"), ProjectionExpression="pk")["Items"]
-    return sum(item["pk"]["S"].startswith(f"{tenant}|") for item in items)
 
 
 def _recorded(state_file: Path) -> int:
