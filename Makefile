@@ -8,7 +8,10 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 export HOST PORT
 
-.PHONY: setup run test lint typecheck unit bench template clean
+# pytest-xdist workers for `make test`: each runs whole test files with its own local stack (README "Tests").
+TEST_WORKERS ?= 2
+
+.PHONY: setup run test test-full lint typecheck unit bench template clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +30,17 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# What CI runs (.ci/run, with CI=true: the full hypothesis/schemathesis example counts).
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --durations=15
+
+# The inner loop: unit tests and the in-process handler tests, no local stack.
+unit: setup
+	$(BIN)/pytest tests/unit tests/handlers
+
+# `make test` with the whole Synthea corpus imported (instead of a sample holding every resource type).
+test-full:
+	ESUS_FULL_CORPUS=1 $(MAKE) test
 
 # template.yaml's per-function block, from the route table in infra/esus_dev/codegen/routes.py.
 template: setup

@@ -1,5 +1,9 @@
 """Shared fixtures: the real local stack in a subprocess (end-to-end over HTTP) and an in-process
-stack on moto.mock_aws (handler tests with fault injection)."""
+stack on moto.mock_aws (handler tests with fault injection); hypothesis profiles.
+
+Under pytest-xdist every worker is its own session: it starts its own `stack` (PORT=0, its own ESUS_DEV_DIR),
+and a test file runs whole on one worker (`--dist loadfile`), so module fixtures and module state stay in one
+process."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +24,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from hypothesis import settings
 
 from esus_dev.localstack.moto_patches import serialise_in_process_mock
 
@@ -37,6 +43,36 @@ os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "esus-tests")
 
 # In-process moto (handler and infra tests) sees ESUS's concurrent calls; moto is not thread-safe.
 serialise_in_process_mock()
+
+# Property tests run their full example counts in CI (CI=true) and a fifth of them in a developer's run;
+# HYPOTHESIS_PROFILE=ci|dev chooses explicitly. Tests state their CI count through `examples()`.
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or (
+    "ci" if os.environ.get("CI", "").lower() not in ("", "0", "false") else "dev")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def examples(ci_count: int) -> int:
+    """max_examples for a property test: `ci_count` under the ci profile, a fifth (at least 10) under dev."""
+    return ci_count if HYPOTHESIS_PROFILE == "ci" else max(10, ci_count // 5)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis names each operation's item `test[GET /x]`, but pytest 9.2 builds node ids from the original
+    name and a callspec it does not have, so all operations share one id, and pytest-xdist, which schedules by
+    id, would run one operation sixteen times. Give them ids from their names (pytest's private `_id`; a
+    pytest that changes it fails here loudly, not silently)."""
+    counts = Counter(item.nodeid for item in items)
+    for item in items:
+        if counts[item.nodeid] > 1 and item.parent is not None:
+            unique = f"{item.parent.nodeid}::{item.name}"
+            item._id = type(item._id).parse(unique)  # type: ignore[attr-defined]
+            if item.nodeid != unique:
+                raise pytest.UsageError(f"cannot give {item.name} a unique node id ({item.nodeid})")
+    duplicates = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    if duplicates:
+        raise pytest.UsageError(f"tests share node ids (pytest-xdist would run only one of each): {duplicates}")
 
 
 def new_tenant() -> str:
@@ -89,10 +125,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     yield from start_stack(tmp_path_factory)
 
 
-def start_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    """A fresh local stack in a subprocess (modules that load a lot of data use their own)."""
+def start_stack(tmp_path_factory: pytest.TempPathFactory, **env_overrides: str) -> Iterator[RunningStack]:
+    """A fresh local stack in a subprocess (modules that load a lot of data, or change its settings through
+    `env_overrides`, use their own)."""
     dev_dir = tmp_path_factory.mktemp("esus-dev")
-    env = {**os.environ, "ESUS_DEV_DIR": str(dev_dir), "PORT": "0", "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "ESUS_DEV_DIR": str(dev_dir), "PORT": "0", "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1",
+           **env_overrides}
     env.pop("AWS_ENDPOINT_URL", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "esus_dev.cli", "run"], cwd=REPO, env=env,

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esus_dev.localstack.stack import GatewayResult
+from tests.conftest import examples
 from tests.handlers.conftest import InProcessStack
 
 TYPES = st.sampled_from(["Patient", "Observation", "Organization", "Provenance", "Nope", "patient", ""])
@@ -58,7 +59,7 @@ def _check(result: GatewayResult, method: str, path: str) -> None:
         get_fhir_model_class(body["resourceType"]).model_validate(body)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=list(HealthCheck))
 @given(method=METHODS, resource_type=TYPES, resource_id=st.one_of(st.none(), IDS), body=BODIES,
        headers=HEADERS, search=SEARCH, history=st.booleans())
 def test_http_edge_never_fails_badly(local: InProcessStack, method: str, resource_type: str,
