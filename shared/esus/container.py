@@ -19,11 +19,15 @@ from esus.http.api import error_for
 from esus.security.crypto import BlindIndex, CursorSigner, FieldCipher, KeyRing
 from esus.security.phi import ResourceCodec
 from esus.settings import Settings, get_settings
+from esus.storage.objects import ObjectStore
 from esus.storage.store import Store
 
 AWS_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5, tcp_keepalive=True
 )
+
+# Objects are up to ~6 MB: more time to move them than an item.
+OBJECT_CONFIG = AWS_CONFIG.merge(Config(read_timeout=10))
 
 
 @dataclass
@@ -38,9 +42,11 @@ class Services:
     bundles: BundleService
 
 
-def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None) -> Services:
+def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None, s3: Any = None) -> Services:
     dynamodb = dynamodb or boto3.client("dynamodb", config=AWS_CONFIG)
     secrets = secrets or boto3.client("secretsmanager", config=AWS_CONFIG)
+    # The S3 client only when a large version or a Binary is first touched (most requests never do).
+    objects = ObjectStore(settings.object_bucket, lambda: s3 or boto3.client("s3", config=OBJECT_CONFIG))
 
     def fetch_root_key() -> str:
         return str(secrets.get_secret_value(SecretId=settings.root_key_secret_id)["SecretString"])
@@ -53,7 +59,7 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
         "identifier": settings.token_bits_identifier,
         "_conditional-create": 128,  # a guard key, not an index: no collisions wanted
     })
-    store = Store(settings, dynamodb, ResourceCodec(FieldCipher(keyring)))
+    store = Store(settings, dynamodb, ResourceCodec(FieldCipher(keyring)), objects)
     cursors = CursorSigner(keyring)
     search_keys = SearchKeys(keyring, settings)
     resources = ResourceService(settings, store, blind, cursors, search_keys)

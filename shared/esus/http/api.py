@@ -31,7 +31,7 @@ from esus.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
-from esus.limits import MAX_BODY_BYTES, parse_json
+from esus.limits import event_body_size, parse_json
 from esus.model import Version
 from esus.security.auth import ALL_TYPES, Principal
 from esus.settings import get_settings
@@ -256,12 +256,25 @@ class FhirRequest:
             raise InvalidRequest("The request body is empty")
         return parse_json(text, "The request body")
 
-    def _body_text(self) -> str:
+    def raw_body(self) -> bytes:
+        """The request body's bytes (API Gateway base64-encodes binary media types), within the body limit."""
         body = self._raw.get("body") or ""
-        raw = base64.b64decode(body) if self._raw.get("isBase64Encoded") else body.encode()
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes")
+        encoded = bool(self._raw.get("isBase64Encoded"))
+        limit = get_settings().max_body_bytes
+        size = event_body_size(body, encoded)
+        if size > limit:
+            counted = "base64-encoded, as binary content reaches the function" if encoded else (
+                "as a JSON string in the function's event: quotes, backslashes and control characters escaped")
+            raise PayloadTooLarge(
+                f"The request body takes {size} bytes ({counted}); the limit is {limit}, set by AWS Lambda's 6 MB "
+                "request payload. Nothing was stored.")
         try:
-            return raw.decode("utf-8")
+            return base64.b64decode(body, validate=True) if encoded else body.encode()
+        except ValueError:
+            raise InvalidRequest("The request body is not valid base64") from None
+
+    def _body_text(self) -> str:
+        try:
+            return self.raw_body().decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRequest("The request body must be UTF-8") from None
