@@ -51,6 +51,10 @@ class MethodNotAllowed(FhirError):
     status, code = 405, "not-supported"
 
 
+class NotAcceptable(FhirError):
+    status, code = 406, "not-supported"
+
+
 class Conflict(FhirError):
     status, code = 409, "conflict"
 

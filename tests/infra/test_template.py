@@ -295,6 +295,17 @@ def test_object_bucket_is_encrypted_private_versioned_and_tls_only(raw_template:
     assert statement["Resource"] == [{"Fn::GetAtt": [bucket_id, "Arn"]}, {"Fn::Sub": f"${{{bucket_id}.Arn}}/*"}]
 
 
+def test_binary_media_types_are_the_codes_and_never_catch_fhir_json(translated: dict[str, Any]) -> None:
+    from esus.http.binary import BINARY_MEDIA_TYPES, FHIR_TYPES, matches
+
+    (api,) = of_type(translated, "AWS::ApiGateway::RestApi").values()
+    declared = [t.replace("~1", "/") for t in api["Properties"]["Body"]["x-amazon-apigateway-binary-media-types"]]
+    assert declared == list(BINARY_MEDIA_TYPES)
+    assert not any(matches(t, BINARY_MEDIA_TYPES) for t in (*FHIR_TYPES, "application/json-patch+json",
+                                                           "application/x-www-form-urlencoded"))
+    assert "*/*" not in declared and "application/*" not in declared
+
+
 def test_key_and_root_key_secret(translated: dict[str, Any]) -> None:
     from esus.security.crypto import RootKeys
 
