@@ -47,7 +47,15 @@ def event_body_size(body: str, base64_encoded: bool) -> int:
 
 def representation_size(resource: Any) -> int:
     """Bytes a resource takes in a response document: its JSON, escaped once more as the response's body."""
-    return len(json.dumps(json.dumps(resource, ensure_ascii=False, separators=(",", ":"))))
+    return response_body_size(json.dumps(resource, ensure_ascii=False, separators=(",", ":")))
+
+
+def response_body_size(text: str) -> int:
+    """Bytes a response body takes in the response document Lambda returns (a JSON string, ASCII-escaped): for a
+    short text a cheap upper bound, exact where it could matter."""
+    if len(text) * 12 < MAX_REPRESENTATION_BYTES:  # one character escapes to 12 bytes at most (a surrogate pair)
+        return len(text) * 12
+    return len(json.dumps(text))
 
 
 def require_representable(resource: Any) -> None:

@@ -133,3 +133,68 @@ def test_a_write_killed_between_object_and_transaction_leaves_only_an_orphan(loc
     assert len(_objects(local)) == 1
     assert local.request("GET", f"/DocumentReference/{kept['id']}").status == 200
     assert verify_all(services()).ok
+
+
+def test_a_page_larger_than_a_response_says_how_many_entries_fit(local: InProcessStack) -> None:
+    """Three 2.5 MB versions make a 7.5 MB history page: more than a Lambda response holds (AWS would answer 502)."""
+    created = local.json(local.request("POST", "/DocumentReference", _document(1_900_000)))
+    for n in (2, 3):
+        body = {**created, "description": f"version {n}", "content": _document(1_900_000)["content"]}
+        assert local.request("PUT", f"/DocumentReference/{created['id']}", body).status == 200
+    for _ in range(2):  # three current versions for a search
+        assert local.request("POST", "/DocumentReference", _document(1_900_000)).status == 201
+    for path in (f"/DocumentReference/{created['id']}/_history", "/DocumentReference/_history?_count=3",
+                 "/_history?_count=3", "/DocumentReference?status=current"):
+        refused = local.request("GET", path)
+        assert refused.status == 400, path
+        issue = local.json(refused)["issue"][0]
+        assert issue["code"] == "too-costly" and "_count=2" in issue["diagnostics"], issue
+    page = local.json(local.request("GET", f"/DocumentReference/{created['id']}/_history?_count=2"))
+    assert [e["resource"]["description"] for e in page["entry"]] == ["version 3", "version 2"]
+    following = next(link["url"] for link in page["link"] if link["relation"] == "next")
+    rest = local.json(local.request("GET", "/" + following.split("/fhir/", 1)[1]))
+    assert [_strip(e["resource"]) for e in rest.get("entry", [])] == [_strip(created)], (following, rest)
+
+
+def test_rotation_reseals_large_bodies_into_new_objects(local: InProcessStack) -> None:
+    from datetime import timedelta
+
+    from esus.container import build_services, use_services
+    from esus.ops.rotation import reencrypt_all, rotate_root_key
+    from esus.ops.verify import cleanup_objects
+
+    document = _document(500_000)
+    created = local.json(local.request("POST", "/DocumentReference", document))
+    (old_key,) = _objects(local)
+    settings = get_settings()
+    rotate_root_key(local.secrets, settings.root_key_secret_id)
+    use_services(build_services(settings, local.ddb, local.secrets, local.s3))
+    moved = reencrypt_all(services())
+    assert (moved.current_items, moved.history_items, moved.failed_keys) == (1, 1, [])
+    assert reencrypt_all(services()).history_items == 0  # each item names the key versions of its object
+    (current,) = _items(local, "resources_table")
+    (history,) = _items(local, "history_table")
+    assert [kv["S"] for kv in current["okv"]["L"]] == ["2"] and current["obj"] != history["obj"]
+    assert old_key not in {current["obj"]["S"], history["obj"]["S"]}
+    assert _strip(local.json(local.request("GET", f"/DocumentReference/{created['id']}"))) == document
+    assert _strip(local.json(local.request("GET", f"/DocumentReference/{created['id']}/_history/1"))) == document
+    report = cleanup_objects(services(), min_age=timedelta(0))  # bodies no item points to any more
+    assert old_key not in _objects(local) and report.tenants["acme"].removed_objects >= 1
+    assert set(_objects(local)) == {current["obj"]["S"], history["obj"]["S"]}
+    assert verify_all(services()).ok
+
+
+def test_a_transaction_with_a_large_entry_commits_its_object_with_the_rest(local: InProcessStack) -> None:
+    document = _document(700_000)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0d0c0000-0000-4000-8000-000000000001", "resource": {"resourceType": "Patient"},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {**document, "subject": {"reference": "urn:uuid:0d0c0000-0000-4000-8000-000000000001"}},
+         "request": {"method": "POST", "url": "DocumentReference"}}]}
+    result = local.request("POST", "", bundle, headers={"Prefer": "return=representation"})
+    assert result.status == 200, result.body[:300]
+    entries = local.json(result)["entry"]
+    doc_id = entries[1]["response"]["location"].split("/")[1]
+    read = local.json(local.request("GET", f"/DocumentReference/{doc_id}"))
+    assert read["content"] == document["content"] and read["subject"]["reference"].startswith("Patient/")
+    assert len(_objects(local)) == 1
