@@ -94,7 +94,9 @@ def _target(args: argparse.Namespace) -> tuple[Any, Any]:
     settings = Settings(
         resources_table=state["ResourcesTable"], history_table=state["HistoryTable"],
         provenance_table=state["ProvenanceTable"], index_table=state["IndexTable"],
-        root_key_secret_id=state["RootKeySecret"], object_bucket=state["ObjectBucket"],
+        root_key_secret_id=state["RootKeySecret"],
+        # A stack started before the object bucket existed records none: the default name then fails clearly.
+        **({"object_bucket": state["ObjectBucket"]} if "ObjectBucket" in state else {}),
     )
     return settings, state["aws_endpoint"]
 
@@ -148,10 +150,15 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
     from esus.ops.verify import verify_all
 
+    if args.min_age_minutes < 0:
+        raise OperatorError("--min-age-minutes must be 0 or more")
     settings, endpoint = _target(args)
-    report = verify_all(_services(settings, endpoint), tenant=args.tenant, repair_index=args.repair_index)
+    report = verify_all(_services(settings, endpoint), tenant=args.tenant, repair_index=args.repair_index,
+                        orphan_min_age=timedelta(minutes=args.min_age_minutes))
     if args.tenant is not None and args.tenant not in report.tenants:
         # Most likely a misspelt tenant: an "OK" for nothing checked would mislead.
         raise OperatorError(f"no data is stored for tenant {args.tenant!r}: nothing to check "
@@ -277,10 +284,12 @@ def main(argv: list[str] | None = None) -> None:
                                                  "their transaction"),
     ):
         command = sub.add_parser(name, help=text)
+        if name in ("verify", "cleanup-objects"):
+            command.add_argument("--min-age-minutes", type=int, default=60,
+                                 help="an object no item points to is an orphan once this old; a younger one may "
+                                      "belong to a write still committing (default: 60)")
         if name == "cleanup-objects":
             command.add_argument("--tenant", default=None, help="only this tenant's objects")
-            command.add_argument("--min-age-minutes", type=int, default=60,
-                                 help="leave younger objects alone: their write may still be committing (default: 60)")
             command.add_argument("--dry-run", action="store_true", help="count the orphans, remove nothing")
         if name == "verify":
             command.add_argument("--tenant", default=None, help="only this tenant's items")

@@ -17,9 +17,11 @@ EVENT_ROOM = 128 * 1024
 # The request body limit (Settings.max_body_bytes), counted as the body sits in the event: text JSON-escaped,
 # binary content (API Gateway's binary media types) base64-encoded. A raw Binary may so be 3/4 of it.
 DEFAULT_MAX_BODY_BYTES = LAMBDA_REQUEST_BYTES - EVENT_ROOM
-# Every stored resource must fit a response (a read, a vread, a write's representation): its JSON, escaped into the
-# response document, with room for the status and headers.
+# A response body must fit the response document with room for the status and headers.
 MAX_REPRESENTATION_BYTES = LAMBDA_RESPONSE_BYTES - 64 * 1024
+# Every stored resource must fit a response on its own (read, vread, a write's representation) and as the one entry
+# of a search or history page (entry wrapper and page links: 16 KiB).
+MAX_RESOURCE_BYTES = MAX_REPRESENTATION_BYTES - 16 * 1024
 # FHIR resources and Bundles are shallow (the examples and Synthea data nest at most 11 levels); the R4
 # model validator recurses per level and fails near 240, so anything deeper is refused before it runs.
 MAX_JSON_DEPTH = 100
@@ -61,10 +63,10 @@ def response_body_size(text: str) -> int:
 def require_representable(resource: Any) -> None:
     """413 for a resource that could be stored but never read back whole (a response holds 6 MB)."""
     size = representation_size(resource)
-    if size > MAX_REPRESENTATION_BYTES:
+    if size > MAX_RESOURCE_BYTES:
         raise PayloadTooLarge(
-            f"The resource would take {size} bytes in a response; a response holds at most "
-            f"{MAX_REPRESENTATION_BYTES} (AWS Lambda's 6 MB payload, with room for headers). Nothing was stored.")
+            f"The resource would take {size} bytes in a response; a resource may take at most {MAX_RESOURCE_BYTES} "
+            "(AWS Lambda's 6 MB response payload, with room for headers and a Bundle entry). Nothing was stored.")
 
 
 def too_deep(what: str) -> InvalidRequest:

@@ -14,6 +14,7 @@ from esus.limits import (
     LAMBDA_REQUEST_BYTES,
     LAMBDA_RESPONSE_BYTES,
     MAX_REPRESENTATION_BYTES,
+    MAX_RESOURCE_BYTES,
     event_body_size,
     representation_size,
     response_body_size,
@@ -23,7 +24,8 @@ from esus.storage.objects import object_key, pack, parse_key, unpack
 
 def test_the_limits_leave_room_for_the_rest_of_the_event_and_the_response() -> None:
     assert LAMBDA_REQUEST_BYTES - DEFAULT_MAX_BODY_BYTES >= 64 * 1024  # headers twice, a bearer token, the context
-    assert DEFAULT_MAX_BODY_BYTES < MAX_REPRESENTATION_BYTES < LAMBDA_RESPONSE_BYTES
+    # A body at the limit, stored with the server's meta, fits a response even as a Bundle entry.
+    assert DEFAULT_MAX_BODY_BYTES + 4096 < MAX_RESOURCE_BYTES < MAX_REPRESENTATION_BYTES < LAMBDA_RESPONSE_BYTES
     assert DEFAULT_MAX_BODY_BYTES // 4 * 3 == 4_620_288  # the largest raw Binary (base64 in the event)
 
 
@@ -64,3 +66,23 @@ def test_a_write_response_too_large_for_a_response_drops_the_resources() -> None
     assert json.loads(write_bundle_response(full, minimal).body) == minimal
     fitting = {**minimal, "entry": [{"resource": {"data": "A"}, "response": {"status": "201"}}] * 3}
     assert json.loads(write_bundle_response(fitting, minimal).body) == fitting
+
+
+def test_the_largest_storable_resource_still_fits_a_page_of_one() -> None:
+    from esus.errors import PayloadTooLarge
+    from esus.limits import require_representable
+
+    def binary(size: int) -> dict[str, object]:
+        shell = {"resourceType": "Binary", "id": "b", "contentType": "application/pdf", "data": ""}
+        exact = len(json.dumps(json.dumps(shell, separators=(",", ":"))))
+        return {**shell, "data": "A" * (size - exact)}
+
+    largest = binary(MAX_RESOURCE_BYTES)
+    assert representation_size(largest) == MAX_RESOURCE_BYTES
+    require_representable(largest)
+    with pytest.raises(PayloadTooLarge):
+        require_representable(binary(MAX_RESOURCE_BYTES + 1))
+    page = {"resourceType": "Bundle", "type": "searchset", "link": [{"relation": "self", "url": "x" * 4000}],
+            "entry": [{"fullUrl": "https://example.org/fhir/Binary/b", "resource": largest,
+                       "search": {"mode": "match"}}]}
+    assert page_response(page).status_code == 200

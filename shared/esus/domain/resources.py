@@ -33,7 +33,7 @@ from esus.errors import (
 from esus.limits import (
     MAX_JSON_DEPTH,
     MAX_PATCH_OPERATIONS,
-    MAX_REPRESENTATION_BYTES,
+    MAX_RESOURCE_BYTES,
     depth_exceeds,
     require_representable,
 )
@@ -207,7 +207,7 @@ class ResourceService:
             _check_if_match(if_match, current, resource_type, resource_id)
             assert current.resource is not None
             try:
-                patched = apply_bounded(current.resource, patch, MAX_REPRESENTATION_BYTES)
+                patched = apply_bounded(current.resource, patch, MAX_RESOURCE_BYTES)
             except jsonpatch.JsonPatchTestFailed as exc:
                 raise Unprocessable(f"JSON Patch test failed: {str(exc)[:200]}") from None
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
