@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,12 +94,14 @@ class ObjectStore:
         self.bucket = bucket
         self._factory = client_factory
         self._client: Any = None
+        self._lock = threading.Lock()  # versions of one page may be decoded in threads; boto3 sessions are not safe
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = self._factory()
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client
 
     def put_new(self, key: str, body: bytes) -> None:
         """Write `body` under `key` unless an object is already there. Keys are content-addressed, so an object
