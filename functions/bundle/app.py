@@ -4,7 +4,7 @@ from aws_lambda_powertools.event_handler import Response
 
 from esus.container import services
 from esus.domain.provenance import parse_x_provenance
-from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.api import FhirRequest, create_app, lambda_entry, write_bundle_response
 from esus.http.bundle_render import response_bundle
 
 app = create_app()
@@ -18,7 +18,7 @@ def bundle() -> Response[str]:
     x_provenance = parse_x_provenance(request.header("X-Provenance"))
     kind, results = services().bundles.process(principal, body, x_provenance)
     with_resources = request.prefer.get("return") == "representation"
-    return fhir_response(200, response_bundle(kind, results, with_resources))
+    return write_bundle_response(response_bundle(kind, results, with_resources), response_bundle(kind, results, False))
 
 
 handler = lambda_entry(app)

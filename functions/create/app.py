@@ -1,4 +1,5 @@
-"""POST /fhir/{type}: create a resource (version 1; conditional with If-None-Exist) or record a Provenance."""
+"""POST /fhir/{type}: create a resource (version 1; conditional with If-None-Exist) or record a Provenance. A Binary
+may also be sent as raw content in its own Content-Type (esus.http.binary)."""
 
 from aws_lambda_powertools.event_handler import Response
 
@@ -6,6 +7,7 @@ from esus.container import services
 from esus.domain.fhir import PROVENANCE
 from esus.domain.provenance import parse_x_provenance
 from esus.http.api import FhirRequest, create_app, lambda_entry, provenance_version, write_response
+from esus.http.binary import request_body
 
 app = create_app()
 
@@ -14,7 +16,7 @@ app = create_app()
 def create(resource_type: str) -> Response[str]:
     request = FhirRequest(app)
     principal = request.authorize(resource_type, "create")
-    body = request.json_body()
+    body = request_body(request, resource_type)
     if resource_type == PROVENANCE:
         record = services().provenance.create(principal, body)
         return write_response(request, provenance_version(record), 201)

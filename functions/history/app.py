@@ -3,7 +3,7 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.container import services
-from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.api import FhirRequest, create_app, lambda_entry, page_response
 from esus.http.bundle_render import history_bundle
 
 app = create_app()
@@ -18,7 +18,7 @@ def history(resource_type: str, resource_id: str) -> Response[str]:
     next_url = None
     if page.next_cursor:
         next_url = request.url_with(_cursor=page.next_cursor)
-    return fhir_response(200, history_bundle(request.base_url, request.url, page.versions, next_url))
+    return page_response(history_bundle(request.base_url, request.url, page.versions, next_url))
 
 
 handler = lambda_entry(app)

@@ -1,20 +1,35 @@
-"""GET /fhir/{type}/{id}: the current version (404 unknown, 410 deleted)."""
+"""GET /fhir/{type}/{id}: the current version (404 unknown, 410 deleted); a Binary as its raw content
+when Accept asks for it (esus.http.binary)."""
+
+from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
 
 from esus.container import services
 from esus.domain.fhir import PROVENANCE
-from esus.http.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
+from esus.http.api import (
+    FhirRequest,
+    create_app,
+    lambda_entry,
+    provenance_version,
+    resource_response,
+    version_headers,
+)
+from esus.http.binary import BINARY, read_response
 
 app = create_app()
 
 
 @app.get("/fhir/<resource_type>/<resource_id>")
-def read(resource_type: str, resource_id: str) -> Response[str]:
-    principal = FhirRequest(app).authorize(resource_type, "read")
+def read(resource_type: str, resource_id: str) -> Response[Any]:
+    request = FhirRequest(app)
+    principal = request.authorize(resource_type, "read")
     if resource_type == PROVENANCE:
         return resource_response(provenance_version(services().provenance.read(principal.tenant, resource_id)))
-    return resource_response(services().resources.read(resource_type, resource_id, principal.tenant))
+    version = services().resources.read(resource_type, resource_id, principal.tenant)
+    if resource_type == BINARY:  # the resource or its raw content, by Accept
+        return read_response(request, version, version_headers(version))
+    return resource_response(version)
 
 
 handler = lambda_entry(app)

@@ -3,7 +3,7 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.container import services
-from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.api import FhirRequest, create_app, lambda_entry, page_response
 from esus.http.bundle_render import searchset_bundle
 
 app = create_app()
@@ -23,7 +23,7 @@ def search(resource_type: str) -> Response[str]:
         request.base_url, resource_type, shown, page.resources, page.total, page.next_cursor, page.last_cursor,
         page.previous_cursor,
     )
-    return fhir_response(200, bundle)
+    return page_response(bundle)
 
 
 handler = lambda_entry(app)

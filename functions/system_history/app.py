@@ -3,7 +3,7 @@
 from aws_lambda_powertools.event_handler import Response
 
 from esus.container import services
-from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.api import FhirRequest, create_app, lambda_entry, page_response
 from esus.http.bundle_render import history_bundle
 from esus.security.auth import ALL_TYPES
 
@@ -16,7 +16,7 @@ def system_history() -> Response[str]:
     principal = request.authorize(ALL_TYPES, "history-system")
     page = services().resources.changes(principal.tenant, None, request.query())
     next_url = request.url_with(_cursor=page.next_cursor) if page.next_cursor else None
-    return fhir_response(200, history_bundle(request.base_url, request.url, page.versions, next_url))
+    return page_response(history_bundle(request.base_url, request.url, page.versions, next_url))
 
 
 handler = lambda_entry(app)

@@ -1,21 +1,36 @@
-"""GET /fhir/{type}/{id}/_history/{vid}: one exact version (410 for a delete version)."""
+"""GET /fhir/{type}/{id}/_history/{vid}: one exact version (410 for a delete version); a Binary as its
+raw content when Accept asks for it (esus.http.binary)."""
+
+from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
 
 from esus.container import services
 from esus.domain.fhir import PROVENANCE
-from esus.http.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
+from esus.http.api import (
+    FhirRequest,
+    create_app,
+    lambda_entry,
+    provenance_version,
+    resource_response,
+    version_headers,
+)
+from esus.http.binary import BINARY, read_response
 
 app = create_app()
 
 
 @app.get("/fhir/<resource_type>/<resource_id>/_history/<vid>")
-def vread(resource_type: str, resource_id: str, vid: str) -> Response[str]:
-    principal = FhirRequest(app).authorize(resource_type, "vread")
+def vread(resource_type: str, resource_id: str, vid: str) -> Response[Any]:
+    request = FhirRequest(app)
+    principal = request.authorize(resource_type, "vread")
     if resource_type == PROVENANCE:
         record = services().provenance.vread(principal.tenant, resource_id, vid)
         return resource_response(provenance_version(record))
-    return resource_response(services().resources.vread(resource_type, resource_id, vid, principal.tenant))
+    version = services().resources.vread(resource_type, resource_id, vid, principal.tenant)
+    if resource_type == BINARY:  # the resource or its raw content, by Accept
+        return read_response(request, version, version_headers(version))
+    return resource_response(version)
 
 
 handler = lambda_entry(app)

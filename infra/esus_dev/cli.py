@@ -1,4 +1,5 @@
-"""`esus`: run the local stack, mint dev tokens, rotate the PHI root key, re-encrypt old items.
+"""`esus`: run the local stack, mint dev tokens, rotate the PHI root key, re-encrypt old items, check integrity and
+remove orphaned objects.
 
 Exit codes: 0 success; 1 the command ran and found problems (verify, reencrypt, import failures);
 2 it could not run (bad usage, no local stack, unreachable endpoint, credentials, missing data).
@@ -94,14 +95,23 @@ def _target(args: argparse.Namespace) -> tuple[Any, Any]:
         resources_table=state["ResourcesTable"], history_table=state["HistoryTable"],
         provenance_table=state["ProvenanceTable"], index_table=state["IndexTable"],
         root_key_secret_id=state["RootKeySecret"],
+        # A stack started before the object bucket existed records none: the default name then fails clearly.
+        **({"object_bucket": state["ObjectBucket"]} if "ObjectBucket" in state else {}),
     )
     return settings, state["aws_endpoint"]
 
 
-def _client(service: Literal["dynamodb", "secretsmanager"], endpoint: str | None) -> Any:
+def _client(service: Literal["dynamodb", "secretsmanager", "s3"], endpoint: str | None) -> Any:
     import boto3
 
     return boto3.client(service, endpoint_url=endpoint) if endpoint else boto3.client(service)
+
+
+def _services(settings: Any, endpoint: str | None) -> Any:
+    from esus.container import build_services
+
+    return build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint),
+                          _client("s3", endpoint))
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> None:
@@ -114,11 +124,10 @@ def cmd_rotate_key(args: argparse.Namespace) -> None:
 
 
 def cmd_reencrypt(args: argparse.Namespace) -> None:
-    from esus.container import build_services
     from esus.ops.rotation import reencrypt_all
 
     settings, endpoint = _target(args)
-    services = build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint))
+    services = _services(settings, endpoint)
     report = reencrypt_all(services)
     print(f"Re-encrypted under key version {services.keyring.current_version()}: "
           f"{report.current_items} current, {report.history_items} history, "
@@ -141,12 +150,15 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from esus.container import build_services
+    from datetime import timedelta
+
     from esus.ops.verify import verify_all
 
+    if args.min_age_minutes < 0:
+        raise OperatorError("--min-age-minutes must be 0 or more")
     settings, endpoint = _target(args)
-    services = build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint))
-    report = verify_all(services, tenant=args.tenant, repair_index=args.repair_index)
+    report = verify_all(_services(settings, endpoint), tenant=args.tenant, repair_index=args.repair_index,
+                        orphan_min_age=timedelta(minutes=args.min_age_minutes))
     if args.tenant is not None and args.tenant not in report.tenants:
         # Most likely a misspelt tenant: an "OK" for nothing checked would mislead.
         raise OperatorError(f"no data is stored for tenant {args.tenant!r}: nothing to check "
@@ -157,16 +169,40 @@ def cmd_verify(args: argparse.Namespace) -> None:
         print(f"Tenant {name}: {found.resources} resources, {found.versions} versions, "
               f"{found.provenances} Provenance, {found.index_items} index items "
               f"({found.stale_index_items} stale search items"
-              + (f", {found.repaired_index_items} repaired" if args.repair_index else "") + f"): {verdict}")
+              + (f", {found.repaired_index_items} repaired" if args.repair_index else "")
+              + f"), {found.objects} objects ({found.orphaned_objects} orphaned): {verdict}")
         print("\n".join(f"  {problem}" for problem in found.problems), end="\n" if found.problems else "")
     print(f"Checked {len(report.tenants)} tenant(s): {report.resources} resources, {report.versions} versions, "
-          f"{report.provenances} Provenance and {report.index_items} index items.")
+          f"{report.provenances} Provenance, {report.index_items} index items and {report.objects} objects.")
+    if report.orphaned_objects:
+        print(f"{report.orphaned_objects} orphaned object(s) (bodies of writes that failed before their transaction; "
+              "invisible and sealed): `esus cleanup-objects` removes them.")
     if report.ok:
         print("OK: every invariant holds.")
         return
     bad = sorted(name for name, found in report.tenants.items() if not found.ok)
     print(f"{len(report.problems)} problem(s) in {len(bad)} tenant(s): {', '.join(bad)}")
     sys.exit(1)
+
+
+def cmd_cleanup_objects(args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
+    from esus.ops.verify import cleanup_objects
+
+    if args.min_age_minutes < 0:
+        raise OperatorError("--min-age-minutes must be 0 or more")
+    settings, endpoint = _target(args)
+    report = cleanup_objects(_services(settings, endpoint), tenant=args.tenant,
+                             min_age=timedelta(minutes=args.min_age_minutes), remove=not args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for name in sorted(report.tenants):
+        found = report.tenants[name]
+        count = found.orphaned_objects if args.dry_run else found.removed_objects
+        print(f"Tenant {name}: {found.objects} objects, {verb} {count} orphaned")
+    total = report.orphaned_objects if args.dry_run else sum(t.removed_objects for t in report.tenants.values())
+    print(f"{len(report.tenants)} tenant(s), {report.objects} objects: {verb} {total} orphaned object(s) older "
+          f"than {args.min_age_minutes} minutes.")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -208,6 +244,9 @@ def explain(exc: BaseException, args: argparse.Namespace) -> str | None:
             return (f"{exc.operation_name}: {message}: check the table and secret names (ESUS_RESOURCES_TABLE, "
                     "ESUS_HISTORY_TABLE, ESUS_PROVENANCE_TABLE, ESUS_INDEX_TABLE, ESUS_ROOT_KEY_SECRET_ID), "
                     "the region and the account")
+        if code == "NoSuchBucket":
+            return (f"{exc.operation_name}: {message}: check the object bucket name (ESUS_OBJECT_BUCKET), the region "
+                    "and the account")
         return f"AWS answered {exc.operation_name} with {code}: {message}"
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
@@ -240,9 +279,18 @@ def main(argv: list[str] | None = None) -> None:
     for name, func, text in (
         ("rotate-key", cmd_rotate_key, "add a new PHI root-key version and make it current"),
         ("reencrypt", cmd_reencrypt, "re-encrypt items sealed under older root-key versions"),
-        ("verify", cmd_verify, "check the integrity invariants across all tables"),
+        ("verify", cmd_verify, "check the integrity invariants across all tables and the object bucket"),
+        ("cleanup-objects", cmd_cleanup_objects, "remove orphaned objects: bodies of writes that failed before "
+                                                 "their transaction"),
     ):
         command = sub.add_parser(name, help=text)
+        if name in ("verify", "cleanup-objects"):
+            command.add_argument("--min-age-minutes", type=int, default=60,
+                                 help="an object no item points to is an orphan once this old; a younger one may "
+                                      "belong to a write still committing (default: 60)")
+        if name == "cleanup-objects":
+            command.add_argument("--tenant", default=None, help="only this tenant's objects")
+            command.add_argument("--dry-run", action="store_true", help="count the orphans, remove nothing")
         if name == "verify":
             command.add_argument("--tenant", default=None, help="only this tenant's items")
             command.add_argument("--repair-index", action="store_true",

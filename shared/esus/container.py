@@ -19,12 +19,17 @@ from esus.http.api import error_for
 from esus.security.crypto import BlindIndex, CursorSigner, FieldCipher, KeyRing
 from esus.security.phi import ResourceCodec
 from esus.settings import Settings, get_settings
+from esus.storage.objects import ObjectStore
 from esus.storage.store import Store
 
 
 def aws_config(settings: Settings) -> Config:
     return Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2,
                   read_timeout=settings.aws_read_timeout_seconds, tcp_keepalive=True)
+
+def object_config(settings: Settings) -> Config:
+    """Objects are up to ~6 MB: more time to move them than an item."""
+    return aws_config(settings).merge(Config(read_timeout=max(10.0, settings.aws_read_timeout_seconds)))
 
 
 @dataclass
@@ -39,9 +44,11 @@ class Services:
     bundles: BundleService
 
 
-def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None) -> Services:
+def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None, s3: Any = None) -> Services:
     dynamodb = dynamodb or boto3.client("dynamodb", config=aws_config(settings))
     secrets = secrets or boto3.client("secretsmanager", config=aws_config(settings))
+    # The S3 client only when a large version or a Binary is first touched (most requests never do).
+    objects = ObjectStore(settings.object_bucket, lambda: s3 or boto3.client("s3", config=object_config(settings)))
 
     def fetch_root_key() -> str:
         return str(secrets.get_secret_value(SecretId=settings.root_key_secret_id)["SecretString"])
@@ -54,7 +61,7 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
         "identifier": settings.token_bits_identifier,
         "_conditional-create": 128,  # a guard key, not an index: no collisions wanted
     })
-    store = Store(settings, dynamodb, ResourceCodec(FieldCipher(keyring)))
+    store = Store(settings, dynamodb, ResourceCodec(FieldCipher(keyring)), objects)
     cursors = CursorSigner(keyring)
     search_keys = SearchKeys(keyring, settings)
     resources = ResourceService(settings, store, blind, cursors, search_keys)

@@ -35,6 +35,12 @@ class InvalidRequest(FhirError):
     status, code = 400, "invalid"
 
 
+class TooCostly(FhirError):
+    """A page of results larger than a response can hold (AWS Lambda's 6 MB): the client asks for fewer entries."""
+
+    status, code = 400, "too-costly"
+
+
 class Unauthorized(FhirError):
     status, code = 401, "login"
 
@@ -49,6 +55,10 @@ class NotFound(FhirError):
 
 class MethodNotAllowed(FhirError):
     status, code = 405, "not-supported"
+
+
+class NotAcceptable(FhirError):
+    status, code = 406, "not-supported"
 
 
 class Conflict(FhirError):

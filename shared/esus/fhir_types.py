@@ -3,7 +3,7 @@
 # Resource types served by the generic routes /fhir/{type}/...
 RESOURCE_TYPES: frozenset[str] = frozenset({
     'Account', 'ActivityDefinition', 'AdverseEvent', 'AllergyIntolerance', 'Appointment', 'AppointmentResponse',
-    'AuditEvent', 'Basic', 'BiologicallyDerivedProduct', 'BodyStructure', 'Bundle', 'CapabilityStatement',
+    'AuditEvent', 'Basic', 'Binary', 'BiologicallyDerivedProduct', 'BodyStructure', 'Bundle', 'CapabilityStatement',
     'CarePlan', 'CareTeam', 'CatalogEntry', 'ChargeItem', 'ChargeItemDefinition', 'Claim', 'ClaimResponse',
     'ClinicalImpression', 'CodeSystem', 'Communication', 'CommunicationRequest', 'CompartmentDefinition',
     'Composition', 'ConceptMap', 'Condition', 'Consent', 'Contract', 'Coverage', 'CoverageEligibilityRequest',
@@ -134,7 +134,6 @@ WITHOUT_R4B_MODEL: frozenset[str] = frozenset({
 
 # Types with an R4B model that the generic routes do not serve, and why.
 NOT_GENERIC: dict[str, str] = {
-    'Binary': 'needs raw-content negotiation and large bodies (issue 13 part 4)',
     'Evidence': 'redesigned in R4B: the R4B model rejects R4 content (exposureBackground, outcome, ...)',
     'EvidenceVariable': 'redesigned in R4B: the R4B model rejects R4 content (characteristic structure, type)',
     'Parameters': 'not a stored resource: R4 gives it no RESTful endpoint (operation input/output only)',

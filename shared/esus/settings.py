@@ -7,6 +7,8 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from esus.limits import DEFAULT_MAX_BODY_BYTES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ESUS_", extra="ignore")
@@ -15,6 +17,8 @@ class Settings(BaseSettings):
     history_table: str = "esus-history"
     provenance_table: str = "esus-provenance"
     index_table: str = "esus-index"
+    # S3 bucket of sealed version bodies too large for a DynamoDB item, and of every Binary (esus.storage.objects).
+    object_bucket: str = "esus-objects"
     root_key_secret_id: str = "esus/phi-root-key"  # noqa: S105 (a secret name, not a secret)
 
     # Absolute URLs use this when set (custom domain), else the request's host and stage.
@@ -30,6 +34,9 @@ class Settings(BaseSettings):
     # Per AWS call. Lambda's 10 s timeout bounds a request; the local stack, whose moto server serialises
     # every call, raises it (a loaded developer machine is not DynamoDB).
     aws_read_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Request bodies over this many bytes (counted as in the Lambda event: JSON-escaped, or base64 for binary
+    # content) get 413. The default is what Lambda's 6 MB payload leaves room for (esus.limits); lower it, not higher.
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=DEFAULT_MAX_BODY_BYTES)
     page_size_default: int = 10
     page_size_max: int = 100
     update_retry_attempts: int = Field(default=5, ge=1, le=20)

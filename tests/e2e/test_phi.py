@@ -1,8 +1,9 @@
-"""PHI at rest: nothing readable in any table or log, exact hashed search, tamper and transplant
-detection, and root-key rotation with re-encryption."""
+"""PHI at rest: nothing readable in any table, any object of the object bucket or any log, exact hashed search,
+tamper and transplant detection, and root-key rotation with re-encryption."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -65,7 +66,30 @@ def loaded(stack: RunningStack) -> dict[str, Any]:
             example = json.loads(path.read_text(encoding="utf-8"))
             if example["resourceType"] not in ("Patient", "Provenance"):
                 client.post(f"/{example['resourceType']}", json=example)
+        # Documents about patients, too large for a DynamoDB item, and raw Binary content naming them: their sealed
+        # bodies go to the object bucket.
+        for patient, pid in list(zip(patients, ids, strict=True))[:5]:
+            about = " ".join(sorted(_phi_values(patient)))
+            document = {"resourceType": "DocumentReference", "status": "current",
+                        "subject": {"reference": f"Patient/{pid}"}, "description": f"Letter about {about}",
+                        "content": [{"attachment": {"contentType": "application/pdf", "title": about,
+                                                    "data": base64.b64encode(os.urandom(450_000)).decode()}}]}
+            assert client.post("/DocumentReference", json=document).status_code == 201
+            raw = client.post("/Binary", content=f"Discharge summary: {about}".encode(),
+                              headers={"Content-Type": "text/plain"})
+            assert raw.status_code == 201, raw.text
     return {"tenant": tenant, "patients": patients, "ids": ids}
+
+
+def _objects(stack: RunningStack) -> list[bytes]:
+    """Every object in the stack's object bucket, raw."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=stack.state["aws_endpoint"])
+    bucket = stack.state["ObjectBucket"]
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    return [s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys]
 
 
 def test_no_phi_plaintext_in_any_table_or_log(stack: RunningStack, loaded: dict[str, Any]) -> None:
@@ -85,6 +109,11 @@ def test_no_phi_plaintext_in_any_table_or_log(stack: RunningStack, loaded: dict[
     raw = noise.sub(b"~", b"\n".join(text_parts)) + b"\n" + b"\n".join(ciphertexts)
     leaked = sorted(p for p in probes if p.encode() in raw or json.dumps(p)[1:-1].encode() in raw)
     assert not leaked, f"PHI stored in clear: {leaked[:10]}"
+    objects = _objects(stack)
+    assert len(objects) >= 11  # the five documents, the five Binary bodies, the large official example
+    in_objects = noise.sub(b"~", b"\n".join(objects))  # clear skeletons (ids, timestamps) and sealed elements
+    leaked = sorted(p for p in probes if p.encode() in in_objects or json.dumps(p)[1:-1].encode() in in_objects)
+    assert not leaked, f"PHI stored in clear in the object bucket: {leaked[:10]}"
     logs = "".join(stack.output)
     assert not [p for p in probes if p in logs]
 

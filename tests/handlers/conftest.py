@@ -41,8 +41,9 @@ class FaultyClient:
 
 
 class InProcessStack:
-    def __init__(self, stack: LocalStack, dev_dir: str, ddb: FaultyClient, secrets: FaultyClient) -> None:
-        self.stack, self.dev_dir, self.ddb, self.secrets = stack, dev_dir, ddb, secrets
+    def __init__(self, stack: LocalStack, dev_dir: str, ddb: FaultyClient, secrets: FaultyClient,
+                 s3: FaultyClient) -> None:
+        self.stack, self.dev_dir, self.ddb, self.secrets, self.s3 = stack, dev_dir, ddb, secrets, s3
 
     def request(self, method: str, path: str, body: Any = None, tenant: str = "acme",
                 headers: dict[str, str] | None = None, scope: str = "user/*.*") -> GatewayResult:
@@ -51,7 +52,7 @@ class InProcessStack:
         token = mint_token(tenant, scope, "Practitioner/1", directory=Path(self.dev_dir))
         all_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json",
                        "Host": "fhir.test", **(headers or {})}
-        raw = json.dumps(body).encode() if body is not None else b""
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
         return self.stack.handle(method, f"/fhir{path}", all_headers, raw, "fhir.test")
 
     def json(self, result: GatewayResult) -> Any:
@@ -75,9 +76,10 @@ def local(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessS
         stack.configure_environment()
         ddb = FaultyClient(boto3.client("dynamodb"))
         secrets = FaultyClient(boto3.client("secretsmanager"))
-        use_services(build_services(get_settings(), ddb, secrets))
+        s3 = FaultyClient(boto3.client("s3"))
+        use_services(build_services(get_settings(), ddb, secrets, s3))
         try:
-            yield InProcessStack(stack, str(tmp_path), ddb, secrets)
+            yield InProcessStack(stack, str(tmp_path), ddb, secrets, s3)
         finally:
             use_services(None)
             get_settings.cache_clear()

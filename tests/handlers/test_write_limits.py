@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 
 from esus.container import services
 from esus.domain.search_legacy import normalise_phone
+from esus.limits import MAX_RESOURCE_BYTES
 from esus.ops.verify import verify_all
 from esus.security.crypto import BlindIndex
 from tests.handlers.conftest import InProcessStack
@@ -204,10 +205,10 @@ def test_json_patch_doubling_attack_is_refused_and_nothing_is_stored(checked: In
     created = local.json(local.request("POST", "/Patient", {
         "resourceType": "Patient", "name": [{"family": "Doubling", "given": ["x" * 1000]}]}))
     before = _counts(local)
-    doubling = [{"op": "copy", "from": "/name", "path": "/name/-"} for _ in range(12)]  # 1 KB -> 4 MB
+    doubling = [{"op": "copy", "from": "/name", "path": "/name/-"} for _ in range(14)]  # 1 KB -> 16 MB
     result = local.request("PATCH", f"/Patient/{created['id']}", doubling, headers=JSON_PATCH)
     assert result.status == 413
-    assert "larger than 1048576 bytes" in _outcome_text(local, result)
+    assert f"larger than {MAX_RESOURCE_BYTES} bytes" in _outcome_text(local, result)
     too_many = [{"op": "test", "path": "/id", "value": created["id"]}] * 101
     result = local.request("PATCH", f"/Patient/{created['id']}", too_many, headers=JSON_PATCH)
     assert result.status == 413 and "at most 100 operations" in _outcome_text(local, result)

@@ -45,6 +45,7 @@ NOT_CREATED_BY_MOTO = {
     # template's own GenerateSecretString settings and substitutes its ARN for !Ref RootKeySecret.
     "AWS::SecretsManager::Secret": "no moto CloudFormation model",
     "AWS::CloudWatch::Alarm": "no moto CloudFormation model",
+    "AWS::S3::BucketPolicy": "no moto CloudFormation model",
     # moto does not import an OpenAPI Body into a RestApi, so the Deployment fails with "The REST API doesn't
     # contain any methods"; Stage and Account have no moto model.
     "AWS::ApiGateway::RestApi": "moto ignores the OpenAPI Body",

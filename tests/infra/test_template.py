@@ -21,7 +21,7 @@ WRITE_VERBS = ("Put", "Update", "Delete", "BatchWrite", "TransactWrite", "PartiQ
                "PartiQLDelete", "Create", "Restore", "Import", "Tag", "Untag", "Rotate", "Cancel", "Encrypt",
                "GenerateDataKey", "ReEncrypt", "Schedule", "Replicate", "Stop", "Remove", "Validate", "Enable",
                "Disable", "Revoke", "Retire")
-DATA_SERVICES = ("dynamodb", "secretsmanager", "kms")
+DATA_SERVICES = ("dynamodb", "secretsmanager", "kms", "s3")
 # AWS managed policies SAM attaches: CloudWatch Logs writes (AWSLambdaBasicExecutionRole) and X-Ray segments
 # (Tracing: Active). Neither grants any DynamoDB, Secrets Manager or KMS action.
 ALLOWED_MANAGED_POLICIES = {
@@ -111,15 +111,15 @@ def test_parameters_and_outputs(raw_template: dict[str, Any]) -> None:
     outputs = raw_template["Outputs"]
     assert "ApiUrl" in outputs
     refs = [o["Value"].get("Ref") for o in outputs.values() if isinstance(o["Value"], dict)]
-    for logical_id in [*of_type(raw_template, "AWS::DynamoDB::Table"), *of_type(raw_template,
-                                                                                "AWS::SecretsManager::Secret")]:
+    for logical_id in [*of_type(raw_template, "AWS::DynamoDB::Table"), *of_type(raw_template, "AWS::S3::Bucket"),
+                       *of_type(raw_template, "AWS::SecretsManager::Secret")]:
         assert logical_id in refs, f"no output for {logical_id}"
 
 
 def test_environment_values_are_plain_or_ref(raw_template: dict[str, Any]) -> None:
-    """The local stack resolves only !Ref to parameters, tables and secrets in function environments."""
+    """The local stack resolves only !Ref to parameters, tables, buckets and secrets in function environments."""
     resolvable = {*raw_template["Parameters"], *of_type(raw_template, "AWS::DynamoDB::Table"),
-                  *of_type(raw_template, "AWS::SecretsManager::Secret")}
+                  *of_type(raw_template, "AWS::SecretsManager::Secret"), *of_type(raw_template, "AWS::S3::Bucket")}
     environments = [raw_template["Globals"]["Function"]["Environment"]["Variables"]]
     for resource in of_type(raw_template, "AWS::Serverless::Function").values():
         environments.append(resource["Properties"].get("Environment", {}).get("Variables", {}))
@@ -270,6 +270,42 @@ def test_tables_match_the_code_and_are_protected(raw_template: dict[str, Any], t
     assert translated["Parameters"]["DeletionProtection"]["Default"] == "true"
 
 
+def test_object_bucket_is_encrypted_private_versioned_and_tls_only(raw_template: dict[str, Any],
+                                                                   translated: dict[str, Any]) -> None:
+    (bucket_id, bucket), = of_type(translated, "AWS::S3::Bucket").items()
+    assert raw_template["Globals"]["Function"]["Environment"]["Variables"]["ESUS_OBJECT_BUCKET"] == {"Ref": bucket_id}
+    props = bucket["Properties"]
+    assert bucket["DeletionPolicy"] == "Retain" and "BucketName" not in props
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms",
+                                                     "KMSMasterKeyID": {"Fn::GetAtt": ["DataKey", "Arn"]}}
+    assert rule["BucketKeyEnabled"] is True
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert props["PublicAccessBlockConfiguration"] == dict.fromkeys(
+        ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"), True)
+    assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    lifecycle = props["LifecycleConfiguration"]["Rules"]
+    assert any(r["Status"] == "Enabled" and r["NoncurrentVersionExpiration"]["NoncurrentDays"] > 0
+               for r in lifecycle if "NoncurrentVersionExpiration" in r)
+    (policy,) = of_type(translated, "AWS::S3::BucketPolicy").values()
+    assert policy["Properties"]["Bucket"] == {"Ref": bucket_id}
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert statement["Resource"] == [{"Fn::GetAtt": [bucket_id, "Arn"]}, {"Fn::Sub": f"${{{bucket_id}.Arn}}/*"}]
+
+
+def test_binary_media_types_are_the_codes_and_never_catch_fhir_json(translated: dict[str, Any]) -> None:
+    from esus.http.binary import BINARY_MEDIA_TYPES, FHIR_TYPES, matches
+
+    (api,) = of_type(translated, "AWS::ApiGateway::RestApi").values()
+    declared = [t.replace("~1", "/") for t in api["Properties"]["Body"]["x-amazon-apigateway-binary-media-types"]]
+    assert declared == list(BINARY_MEDIA_TYPES)
+    assert not any(matches(t, BINARY_MEDIA_TYPES) for t in (*FHIR_TYPES, "application/json-patch+json",
+                                                           "application/x-www-form-urlencoded"))
+    assert "*/*" not in declared and "application/*" not in declared
+
+
 def test_key_and_root_key_secret(translated: dict[str, Any]) -> None:
     from esus.security.crypto import RootKeys
 
@@ -307,6 +343,7 @@ def test_read_only_functions_cannot_write(translated: dict[str, Any]) -> None:
 def test_no_data_action_on_any_resource_and_only_this_stacks_resources(translated: dict[str, Any]) -> None:
     own = {**of_type(translated, "AWS::DynamoDB::Table"), **of_type(translated, "AWS::KMS::Key")}
     secrets = set(of_type(translated, "AWS::SecretsManager::Secret"))
+    buckets = set(of_type(translated, "AWS::S3::Bucket"))
     for logical_id, function in _functions(translated).items():
         statements, managed = _role_statements(translated, function)
         assert set(managed) <= ALLOWED_MANAGED_POLICIES, f"{logical_id}: {managed}"
@@ -318,7 +355,11 @@ def test_no_data_action_on_any_resource_and_only_this_stacks_resources(translate
             for resource in _listify(statement["Resource"]):
                 assert resource != "*" and not (isinstance(resource, str) and "*" in resource), (
                     f"{logical_id}: {actions} on {resource}")
-                if "Ref" in resource:
+                if "Fn::Sub" in resource:  # the one pattern allowed: the objects of this stack's bucket
+                    bucket = re.fullmatch(r"\$\{([A-Za-z0-9]+)\.Arn\}/\*", resource["Fn::Sub"])
+                    assert bucket and bucket.group(1) in buckets, f"{logical_id}: {resource}"
+                    assert all(a in ("s3:GetObject", "s3:PutObject") for a in actions), f"{logical_id}: {actions}"
+                elif "Ref" in resource:
                     assert resource["Ref"] in secrets, f"{logical_id}: {resource}"
                 else:
                     target, attribute = resource["Fn::GetAtt"]
@@ -329,7 +370,10 @@ def test_no_data_action_on_any_resource_and_only_this_stacks_resources(translate
             if any(a.startswith("kms:") for a in actions):
                 via = statement["Condition"]["StringEquals"]["kms:ViaService"]
                 services = {v["Fn::Sub"].split(".", 1)[0] for v in via}
-                assert services <= {"dynamodb", "secretsmanager"}, f"{logical_id}: kms usable via {services}"
+                # Through S3 only for roles that use the (SSE-KMS) object bucket.
+                uses_s3 = any(a.startswith("s3:") for s in statements for a in _actions(s))
+                allowed = {"dynamodb", "secretsmanager"} | ({"s3"} if uses_s3 else set())
+                assert services <= allowed, f"{logical_id}: kms usable via {services}"
 
 
 def test_routes_that_store_nothing_have_no_data_access(translated: dict[str, Any]) -> None:

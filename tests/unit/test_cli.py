@@ -20,7 +20,7 @@ from esus_dev.cli import main
 from tests.conftest import REPO
 
 TABLES = {"ResourcesTable": "r", "HistoryTable": "h", "ProvenanceTable": "p", "IndexTable": "i",
-          "RootKeySecret": "s"}
+          "RootKeySecret": "s", "ObjectBucket": "o"}
 
 
 def closed_port() -> int:

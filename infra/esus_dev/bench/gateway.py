@@ -100,7 +100,7 @@ class Client:
 
 
 class TableJanitor:
-    """Recreates the stack's tables, empty, between iterations (untimed).
+    """Recreates the stack's tables, empty, and empties its object bucket, between iterations (untimed).
 
     moto's TransactWriteItems deep-copies every table it touches, once per transaction item, to roll
     back on failure, and moto keeps a (possibly empty) partition for every hash key ever written: a
@@ -109,14 +109,24 @@ class TableJanitor:
     """
 
     def __init__(self, ddb: Any, stack: LocalStack) -> None:
+        import boto3
+
         self._ddb = ddb
+        self._s3 = boto3.session.Session().client("s3")  # not recorded
         self._stack = stack
         names = stack.physical_names()
         self._tables = [names[lid] for lid in stack.template.of_type("AWS::DynamoDB::Table")]
+        self._buckets = [names[lid] for lid in stack.template.of_type("AWS::S3::Bucket")]
 
     def reset(self) -> None:
         for table in self._tables:
             self._ddb.delete_table(TableName=table)
+        for bucket in self._buckets:  # every version (the bucket is versioned): moto holds them in memory
+            for page in self._s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                versions = [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+                if versions:
+                    self._s3.delete_objects(Bucket=bucket, Delete={"Objects": [
+                        {"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions]})
         self._stack.create_resources()
 
 

@@ -60,22 +60,28 @@ def render_round_trips(report: Report) -> list[str]:
     warm = ", ".join(f"{k} x{v}" for k, v in sorted(report.warm_secret_calls.items())) or "none"
     attempts_equal = all(r.http_attempts == r.counts for r in report.round_trips)
     return [
-        "## 1. DynamoDB round trips per interaction",
+        "## 1. DynamoDB and S3 round trips per interaction",
         "",
         "Counted with botocore events (`provide-client-params` / `before-send` / `after-call`) registered on "
         "boto3's default session before the stack starts, so every client the services build is covered; "
         f"each row holds over all {len(report.round_trips[0].counts) if report.round_trips else 0} measured "
-        "iterations. `[n]` is the number of items in a TransactWriteItems or keys in a BatchGetItem.",
+        "iterations. `[n]` is the number of items in a TransactWriteItems or keys in a BatchGetItem. S3 calls "
+        "appear only for versions too large for a DynamoDB item (and Binary bodies), whose sealed body is an object.",
         "",
         *table(["Interaction", "Target", "Measured", "Result", "Calls"], rows),
         "",
         f"- HTTP attempts equal API calls (no retries): {'yes' if attempts_equal else 'NO'}.",
         f"- Secrets Manager / KMS calls on {report.warm_requests} warm requests: **{secrets}** ({warm}) - "
         f"{'as required (0)' if secrets == 0 else 'EXPECTED 0'}.",
-        f"- Non-DynamoDB calls in the process's first iteration (cold wiring), seen by the same hook: {first}. "
+        f"- Calls to other services in the process's first iteration (cold wiring), seen by the same hook: {first}. "
         "The root key is re-read once per `ESUS_ROOT_KEY_MAX_AGE_SECONDS` (300 s here, the default), never "
         "per request.",
-        "- KMS is never called by the code: DynamoDB and Secrets Manager use the key server-side.",
+        "- KMS is never called by the code: DynamoDB, S3 and Secrets Manager use the key server-side.",
+        "- A version too large for a DynamoDB item (the 1 MB DocumentReference rows) is read in **2 round trips**: "
+        "GetItem for its item (the object's key and SHA-256), then GetObject for the sealed body, checked against "
+        "the digest. Its create writes the object first (PutObject, If-None-Match), then the one "
+        "TransactWriteItems that makes the version visible. History, search and type/system history pages "
+        "add one GetObject per such version on the page.",
         "",
     ]
 
@@ -90,7 +96,7 @@ def render_timings(report: Report) -> list[str]:
         "",
         "*Handler* is the route function's `handler(event, context)` alone (timed around `LocalStack.invoke`; "
         "the authorizer is timed separately), warm, one request at a time. *boto3 in request* is the part "
-        "of it spent inside boto3 calls. *Raw boto3* re-issues the very same DynamoDB calls of each request "
+        "of it spent inside boto3 calls. *Raw boto3* re-issues the very same DynamoDB and S3 calls of each request "
         "with a plain client on the same moto endpoint: after each iteration the tables are reset and the "
         "iteration's calls are replayed in order under a replay tenant, so every read and conditional write "
         "meets the same state as the handler's did. *Ratio* is the median over requests of handler / raw, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from datetime import UTC, datetime
@@ -36,7 +37,14 @@ INTERACTIONS: tuple[Interaction, ...] = (
     Interaction("search Provenance by target", "SearchFunction", design=(
         "one keys-only Query per reference value + one BatchGetItem for the page")),
     Interaction("delete Patient", "DeleteFunction", 2, at_most=True),
+    # Too large for a DynamoDB item: the sealed body is an S3 object (esus.storage.objects).
+    Interaction("create DocumentReference (1 MB)", "CreateFunction", 2, design=(
+        "the sealed body is written to S3 first (PutObject), then the version's TransactWriteItems commits its "
+        "pointer and digest")),
+    Interaction("read DocumentReference (1 MB)", "ReadFunction", 2, design=(
+        "GetItem (the current item: pointer and digest) + GetObject (the sealed body)")),
 )
+LARGE_ATTACHMENT_BYTES = 750_000  # 1,000,000 characters of base64: a 1 MB JSON body
 
 
 def load_example(name: str) -> dict[str, Any]:
@@ -72,6 +80,14 @@ def provenance_body(patient_id: str) -> dict[str, Any]:
     }
 
 
+def large_document_body(patient_id: str) -> dict[str, Any]:
+    """A DocumentReference with a PDF attachment making its JSON about 1 MB (fresh bytes every time)."""
+    data = base64.b64encode(os.urandom(LARGE_ATTACHMENT_BYTES)).decode()
+    return {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": f"Patient/{patient_id}"},
+            "description": "Discharge letter",
+            "content": [{"attachment": {"contentType": "application/pdf", "data": data, "title": "letter.pdf"}}]}
+
+
 def revised(resource: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return {**{k: v for k, v in resource.items() if k != "meta"}, **changes}
 
@@ -102,6 +118,10 @@ def run_iteration(client: Client, i: int) -> None:
     provenance = client.call("search Provenance by target", "GET", f"/fhir/Provenance?target=Patient/{pid}").body
     _expect(provenance["total"] == 4, f"Provenance search found {provenance['total']}, expected 4")
     client.call("delete Patient", "DELETE", f"/fhir/Patient/{pid}", expect=204)
+    document = client.call("create DocumentReference (1 MB)", "POST", "/fhir/DocumentReference",
+                           large_document_body(pid), 201).body
+    read = client.call("read DocumentReference (1 MB)", "GET", f"/fhir/DocumentReference/{document['id']}").body
+    _expect(read["content"] == document["content"], "the 1 MB DocumentReference read back differs")
 
 
 def _expect(condition: bool, message: str) -> None:

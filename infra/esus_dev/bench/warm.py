@@ -1,4 +1,4 @@
-"""Warm phase: round trips and handler time per interaction, against the same DynamoDB calls replayed raw."""
+"""Warm phase: round trips and handler time per interaction, against the same DynamoDB and S3 calls replayed raw."""
 
 from __future__ import annotations
 
@@ -14,11 +14,19 @@ from esus_dev.bench.recorder import call_counts
 from esus_dev.bench.report import Report, RoundTripRow, Sample, TimingRow
 from esus_dev.bench.scenario import INTERACTIONS, run_iteration
 
+# The data services a request round-trips to: DynamoDB, and S3 for versions too large for an item. Any other call
+# (Secrets Manager, KMS) is expected only when a container starts or its root key expires.
+DATA_SERVICES = ("dynamodb", "s3")
+
 
 def rewrite_tenant(value: Any, old: str, new: str) -> Any:
-    """The same call under another tenant: every key begins with `tenant|`, nothing else does."""
+    """The same call under another tenant: every item key begins with `tenant|` and every object key with
+    `tenant/`, nothing else does (`old` and `new` are given without the separator)."""
     if isinstance(value, str):
-        return new + value[len(old):] if value.startswith(old) else value
+        for separator in ("|", "/"):
+            if value.startswith(old + separator):
+                return new + value[len(old):]
+        return value
     if isinstance(value, dict):
         return {k: rewrite_tenant(v, old, new) for k, v in value.items()}
     if isinstance(value, list):
@@ -27,32 +35,34 @@ def rewrite_tenant(value: Any, old: str, new: str) -> Any:
 
 
 class Replayer:
-    """Re-issues an iteration's DynamoDB calls, in order, with a plain client (not recorded), under a
+    """Re-issues an iteration's DynamoDB and S3 calls, in order, with plain clients (not recorded), under a
     replay tenant, on tables reset to the state the handlers started from: every conditional write and
     every read meets the same state (and moto the same amount of data) as the handler's did."""
 
-    def __init__(self, ddb: Any, tenant: str) -> None:
+    def __init__(self, clients: dict[str, Any], tenant: str) -> None:
         from botocore import xform_name
 
-        self._ddb = ddb
+        self._clients = clients
         self._xform = xform_name
-        self._prefix = f"{tenant}|"
+        self._tenant = tenant
 
     def replay(self, samples: list[Sample], iteration: int) -> None:
         """Sets Sample.raw_s: the time of that request's calls, issued directly."""
-        replay_prefix = f"{self._prefix[:-1]}-r{iteration}|"
+        replay_tenant = f"{self._tenant}-r{iteration}"
         for sample in samples:
             prepared = []
             for call in sample.calls:
-                if call.service != "dynamodb":
+                if call.service not in DATA_SERVICES:
                     continue
-                params = rewrite_tenant(call.params, self._prefix, replay_prefix)
+                params = rewrite_tenant(call.params, self._tenant, replay_tenant)
                 if "ClientRequestToken" in params:
                     params["ClientRequestToken"] = str(uuid.uuid4())
-                prepared.append((getattr(self._ddb, self._xform(call.operation)), params))
+                prepared.append((getattr(self._clients[call.service], self._xform(call.operation)), params))
             started = time.perf_counter()
             for method, params in prepared:
-                method(**params)
+                result = method(**params)
+                if "Body" in result and hasattr(result["Body"], "read"):
+                    result["Body"].read()  # GetObject: the handler reads the whole body too
             sample.raw_s = time.perf_counter() - started
 
 
@@ -71,14 +81,14 @@ def round_trip_rows(samples: list[Sample]) -> list[RoundTripRow]:
     rows = []
     for interaction in INTERACTIONS:
         mine = [s for s in samples if s.interaction == interaction.name]
-        dynamo = [[c for c in s.calls if c.service == "dynamodb"] for s in mine]
-        ops = Counter(" + ".join(c.label for c in calls) for calls in dynamo).most_common(1)[0][0]
+        data = [[c for c in s.calls if c.service in DATA_SERVICES] for s in mine]
+        ops = Counter(" + ".join(c.label for c in calls) for calls in data).most_common(1)[0][0]
         rows.append(RoundTripRow(
             interaction=interaction,
-            counts=tuple(len(calls) for calls in dynamo),
-            http_attempts=tuple(sum(c.attempts for c in calls) for calls in dynamo),
+            counts=tuple(len(calls) for calls in data),
+            http_attempts=tuple(sum(c.attempts for c in calls) for calls in data),
             ops=ops,
-            other_services=sum(1 for s in mine for c in s.calls if c.service != "dynamodb"),
+            other_services=sum(1 for s in mine for c in s.calls if c.service not in DATA_SERVICES),
         ))
     return rows
 
@@ -103,15 +113,17 @@ def timing_rows(samples: list[Sample]) -> list[TimingRow]:
 def warm_phase(client: Client, report: Report, iterations: int, warmup: int) -> None:
     import boto3
 
-    from esus.container import aws_config
+    from esus.container import aws_config, object_config
     from esus.settings import get_settings
 
     run_iteration(client, 0)  # the process's first requests: imports, wiring, root key
     report.first_request_calls = call_counts(c for s in client.samples for c in s.calls
-                                             if c.service != "dynamodb")
-    raw_ddb = boto3.session.Session().client("dynamodb", config=aws_config(get_settings()))  # not recorded
+                                             if c.service not in DATA_SERVICES)
+    session = boto3.session.Session()  # its clients are not recorded
+    raw_ddb = session.client("dynamodb", config=aws_config(get_settings()))
     janitor = TableJanitor(raw_ddb, client.stack)
-    replayer = Replayer(raw_ddb, client.tenant)
+    s3 = session.client("s3", config=object_config(get_settings()))
+    replayer = Replayer({"dynamodb": raw_ddb, "s3": s3}, client.tenant)
     for i in range(1, warmup):
         run_iteration(client, i)
     client.samples.clear()
@@ -127,6 +139,6 @@ def warm_phase(client: Client, report: Report, iterations: int, warmup: int) -> 
     report.round_trips = round_trip_rows(measured)
     report.timings = timing_rows(measured)
     report.warm_requests = len(measured)
-    report.warm_secret_calls = call_counts(c for s in measured for c in s.calls if c.service != "dynamodb")
+    report.warm_secret_calls = call_counts(c for s in measured for c in s.calls if c.service not in DATA_SERVICES)
     auth = [s.authorizer_s for s in measured]
     report.authorizer_ms = (median_ms(auth), p95_ms(auth))

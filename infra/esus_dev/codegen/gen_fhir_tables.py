@@ -33,7 +33,6 @@ BINDINGS_JSON = REPO / "shared" / "esus" / "domain" / "fhir_bindings.json"
 NOT_GENERIC: dict[str, str] = {
     "Provenance": "served by its own routes: an immutable audit record in its own table",
     "Parameters": "not a stored resource: R4 gives it no RESTful endpoint (operation input/output only)",
-    "Binary": "needs raw-content negotiation and large bodies (issue 13 part 4)",
     "Evidence": "redesigned in R4B: the R4B model rejects R4 content (exposureBackground, outcome, ...)",
     "EvidenceVariable": "redesigned in R4B: the R4B model rejects R4 content (characteristic structure, type)",
 }

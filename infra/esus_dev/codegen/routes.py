@@ -28,18 +28,25 @@ class Api:
 
 @dataclass(frozen=True)
 class Grant:
-    """One IAM statement on this stack's DynamoDB tables."""
+    """One IAM statement on this stack's DynamoDB tables or its object bucket."""
 
     sid: str
     actions: str  # space-separated IAM actions
-    on: str  # space-separated logical ids of tables
+    # Space-separated targets: a logical id (a table, or a bucket for bucket actions) is its Arn; `Bucket/*` is
+    # every object in that bucket (object actions such as s3:GetObject).
+    on: str
     why: str = ""  # written above the statement in template.yaml
+
+    @property
+    def services(self) -> set[str]:
+        return {action.split(":", 1)[0] for action in self.actions.split()}
 
 
 @dataclass(frozen=True)
 class KeyUse:
     """The PHI root key (secretsmanager:GetSecretValue on RootKeySecret) and the stack's KMS key, which each role
-    may use only through DynamoDB and Secrets Manager (kms:ViaService), never directly."""
+    may use only through DynamoDB and Secrets Manager (kms:ViaService), and through S3 when it has a grant on the
+    object bucket (SSE-KMS), never directly."""
 
     kms_actions: str
 
@@ -85,6 +92,14 @@ READ_CHANGE_LOG = (
     Grant("ReadChangeLog", "dynamodb:Query", "IndexTable"),
     Grant("ReadVersions", "dynamodb:BatchGetItem", "HistoryTable"),
 )
+# Versions whose sealed body is in the object bucket (too large for an item, or a Binary): any route that decodes
+# a version may read one; any route that writes one writes its object first.
+READ_OBJECTS = Grant("ReadLargeBodies", "s3:GetObject", "ObjectBucket/*",
+                     "Sealed bodies of versions too large for an item, and of every Binary (the item holds the "
+                     "pointer and digest).")
+WRITE_OBJECTS = Grant("WriteLargeBodies", "s3:PutObject", "ObjectBucket/*",
+                      "A version's sealed body when too large for an item (and every Binary): written once, before "
+                      "the version's transaction.")
 
 
 FUNCTIONS: tuple[Function, ...] = (
@@ -112,41 +127,46 @@ FUNCTIONS: tuple[Function, ...] = (
                  Grant("ProvenanceTargets", "dynamodb:BatchGetItem", "ProvenanceTable",
                        "POST /Provenance: every target must exist (current versions above, or Provenance records)."),
                  WRITE_INDEX_BESIDE,
+                 WRITE_OBJECTS,
+                 READ_OBJECTS,
              )),
     Function("Read", "read", "GET /fhir/{type}/{id}",
              routes=(Api("GET", "/fhir/{type}/{id}"),), keys=DECRYPT, grants=(
                  READ_CURRENT,
                  Grant("ReadProvenance", "dynamodb:BatchGetItem", "ProvenanceTable"),
+                 READ_OBJECTS,
              )),
     Function("Vread", "vread", "GET /fhir/{type}/{id}/_history/{vid}",
              routes=(Api("GET", "/fhir/{type}/{id}/_history/{vid}"),), keys=DECRYPT, grants=(
                  Grant("ReadVersion", "dynamodb:GetItem", "HistoryTable"),
                  Grant("ReadProvenance", "dynamodb:BatchGetItem", "ProvenanceTable"),
+                 READ_OBJECTS,
              )),
     Function("History", "history", "GET /fhir/{type}/{id}/_history",
              routes=(Api("GET", "/fhir/{type}/{id}/_history"),), keys=DECRYPT, grants=(
                  Grant("ReadHistory", "dynamodb:Query", "HistoryTable"),
                  READ_CURRENT,
+                 READ_OBJECTS,
              )),
     Function("TypeHistory", "type_history", "GET /fhir/{type}/_history",
-             routes=(Api("GET", "/fhir/{type}/_history"),), keys=DECRYPT, grants=READ_CHANGE_LOG),
+             routes=(Api("GET", "/fhir/{type}/_history"),), keys=DECRYPT, grants=(*READ_CHANGE_LOG, READ_OBJECTS)),
     Function("SystemHistory", "system_history", "GET /fhir/_history",
-             routes=(Api("GET", "/fhir/_history"),), keys=DECRYPT, grants=READ_CHANGE_LOG),
+             routes=(Api("GET", "/fhir/_history"),), keys=DECRYPT, grants=(*READ_CHANGE_LOG, READ_OBJECTS)),
     Function("Update", "update", "PUT /fhir/{type}/{id}",
              routes=(Api("PUT", "/fhir/{type}/{id}"),), keys=ENCRYPT,
-             grants=(READ_CURRENT, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE)),
+             grants=(READ_CURRENT, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE, READ_OBJECTS, WRITE_OBJECTS)),
     Function("Patch", "patch", "PATCH /fhir/{type}/{id} (JSON Patch)",
              routes=(Api("PATCH", "/fhir/{type}/{id}"),), keys=ENCRYPT,
-             grants=(READ_CURRENT, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE)),
+             grants=(READ_CURRENT, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE, READ_OBJECTS, WRITE_OBJECTS)),
     Function("Delete", "delete", "DELETE /fhir/{type}/{id}",
              routes=(Api("DELETE", "/fhir/{type}/{id}"),), keys=ENCRYPT,
-             grants=(READ_CURRENT, WRITE_NEW_VERSION)),
+             grants=(READ_CURRENT, WRITE_NEW_VERSION, READ_OBJECTS)),
     Function("ConditionalUpdate", "conditional_update", "PUT /fhir/{type}?<search> (conditional update)",
              routes=(Api("PUT", "/fhir/{type}"),), keys=ENCRYPT,
-             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE)),
+             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE, READ_OBJECTS, WRITE_OBJECTS)),
     Function("ConditionalDelete", "conditional_delete", "DELETE /fhir/{type}?<search> (conditional delete)",
              routes=(Api("DELETE", "/fhir/{type}"),), keys=ENCRYPT,
-             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION)),
+             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION, READ_OBJECTS)),
     Function("Bundle", "bundle", "POST /fhir (transaction and batch Bundles)",
              routes=(Api("POST", "/fhir"),), keys=ENCRYPT, grants=(
                  Grant("SearchIndex", "dynamodb:Query dynamodb:GetItem", "IndexTable",
@@ -154,11 +174,14 @@ FUNCTIONS: tuple[Function, ...] = (
                  Grant("ReadCurrent", "dynamodb:GetItem dynamodb:BatchGetItem", "ResourcesTable"),
                  WRITE_NEW_VERSION,
                  WRITE_INDEX_BESIDE,
+                 READ_OBJECTS,
+                 WRITE_OBJECTS,
              )),
     Function("Search", "search", "GET /fhir/{type} and POST /fhir/{type}/_search",
              routes=(Api("GET", "/fhir/{type}"), Api("POST", "/fhir/{type}/_search", event="SearchPost")),
              keys=DECRYPT, grants=(
                  Grant("QueryIndex", "dynamodb:Query", "IndexTable"),
                  Grant("ReadMatches", "dynamodb:BatchGetItem", "ResourcesTable ProvenanceTable"),
+                 READ_OBJECTS,
              )),
 )

@@ -32,8 +32,9 @@ def render_block(functions: Iterable[Function] = FUNCTIONS) -> str:
         BEGIN,
         "  # One function per route (IAM limited to what each route does), its log group (explicit, so retention",
         "  # applies and deleting the stack removes it) and its alarm (unhandled errors plus throttled invocations).",
-        "  # KMS: DynamoDB and Secrets Manager use DataKey on the caller's behalf, so each role may use the key only",
-        "  # through those two services (kms:ViaService), never directly.",
+        "  # KMS: DynamoDB and Secrets Manager (and S3, for roles that touch the object bucket) use DataKey on the",
+        "  # caller's behalf, so each role may use the key only through those services (kms:ViaService), never",
+        "  # directly.",
     ]
     for function in functions:
         lines += ["", f"  # ---------- {function.logical_id} ----------",
@@ -76,6 +77,8 @@ def _function(function: Function) -> list[str]:
             "                    - !Sub dynamodb.${AWS::Region}.amazonaws.com",
             "                    - !Sub secretsmanager.${AWS::Region}.amazonaws.com",
         ]
+        if any("s3" in grant.services for grant in function.grants):  # SSE-KMS objects
+            statements.append("                    - !Sub s3.${AWS::Region}.amazonaws.com")
     if statements:
         lines += ["      Policies:", "        - Statement:", *statements]
     if function.routes:
@@ -96,7 +99,14 @@ def _function(function: Function) -> list[str]:
 
 def _grant(grant: Grant) -> list[str]:
     comment = [f"            # {line}" for line in _wrap(grant.why, _WIDTH - len("            # "))]
-    return comment + _statement(grant.sid, grant.actions, [f"!GetAtt {table}.Arn" for table in grant.on.split()])
+    return comment + _statement(grant.sid, grant.actions, [_target(target) for target in grant.on.split()])
+
+
+def _target(target: str) -> str:
+    """A grant target as an ARN: `Name` is the resource's Arn, `Name/*` every object in bucket `Name`."""
+    if target.endswith("/*"):
+        return f'!Sub "${{{target[:-2]}.Arn}}/*"'
+    return f"!GetAtt {target}.Arn"
 
 
 def _statement(sid: str, actions: str, resources: list[str]) -> list[str]:

@@ -3,13 +3,18 @@
 - AWS is an embedded moto server on a loopback port (or AWS_ENDPOINT_URL when set), with every
   request to it serialised by one lock: moto is not atomic across threads, DynamoDB is, and the lock
   restores DynamoDB's all-or-nothing TransactWriteItems under real concurrency.
-- Tables come from the template's AWS::DynamoDB::Table resources; the PHI root-key secret is created.
+- Tables come from the template's AWS::DynamoDB::Table resources, buckets from its AWS::S3::Bucket resources
+  (with their versioning); the PHI root-key secret is created.
 - Routes are the functions' Api events; requests pass through the template's authorizer first and
   gateway errors use the template's GatewayResponses, as in API Gateway.
+- Payloads as AWS limits and encodes them: API Gateway's 10 MB request limit, Lambda's 6 MB limit on the whole
+  request event and on the whole response, and the API's binary media types (request bodies of those types reach
+  the function base64-encoded; a base64 response becomes bytes when the client's first Accept is one of them).
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import logging
@@ -28,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 
+from esus.limits import LAMBDA_REQUEST_BYTES, LAMBDA_RESPONSE_BYTES
 from esus.security.crypto import RootKeys
 from esus_dev.localstack import moto_patches
 from esus_dev.localstack.devkeys import LOCAL_AUDIENCE, LOCAL_ISSUER, public_key_pem
@@ -102,12 +108,14 @@ class LocalStack:
         self.routes: list[Route] = self.template.routes()
         self._modules: dict[str, ModuleType] = {}
         self._authorizer = self.template.authorizer_function()
+        self.binary_media_types = self.template.binary_media_types()
 
     # ---------- AWS ----------
     def physical_names(self) -> dict[str, str]:
         tables = {lid: f"{self.prefix}-{_kebab(lid)}" for lid in self.template.of_type("AWS::DynamoDB::Table")}
         secrets = {lid: f"{self.prefix}/{_kebab(lid)}" for lid in self.template.of_type("AWS::SecretsManager::Secret")}
-        return {**tables, **secrets}
+        buckets = {lid: f"{self.prefix}-{_kebab(lid)}".lower() for lid in self.template.of_type("AWS::S3::Bucket")}
+        return {**tables, **secrets, **buckets}
 
     def start_aws(self) -> None:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
@@ -137,6 +145,17 @@ class LocalStack:
             if props.get("GlobalSecondaryIndexes"):
                 kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
             ddb.create_table(**kwargs)
+        s3 = boto3.client("s3")
+        existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        for lid, resource in self.template.of_type("AWS::S3::Bucket").items():
+            if names[lid] in existing:
+                continue
+            region = s3.meta.region_name
+            s3.create_bucket(Bucket=names[lid], **({} if region == "us-east-1" else {
+                "CreateBucketConfiguration": {"LocationConstraint": region}}))
+            versioning = resource.get("Properties", {}).get("VersioningConfiguration")
+            if versioning:
+                s3.put_bucket_versioning(Bucket=names[lid], VersioningConfiguration={"Status": versioning["Status"]})
         secrets = boto3.client("secretsmanager")
         for lid in self.template.of_type("AWS::SecretsManager::Secret"):
             try:
@@ -247,17 +266,36 @@ class LocalStack:
                 "requestId": request_id, "domainName": host, "identity": {"sourceIp": "127.0.0.1"},
                 "authorizer": authorizer_context or None,
             },
-            "body": body.decode("utf-8", errors="replace") if body else None,
+            "body": None,
             "isBase64Encoded": False,
         }
+        if body and self.is_binary(_header(headers, "Content-Type")):
+            event.update(body=base64.b64encode(body).decode("ascii"), isBase64Encoded=True)
+        elif body:
+            event["body"] = body.decode("utf-8", errors="replace")
+        if len(json.dumps(event)) > LAMBDA_REQUEST_BYTES:
+            # Lambda refuses the invocation; API Gateway answers with an error of its own (no function runs).
+            return self.gateway_error("INTEGRATION_FAILURE", 502, request_id)
         try:
             response = self.invoke(route.function, event)
         except Exception:  # a crashed Lambda: API Gateway answers 502 with its own body
             return self.gateway_error("DEFAULT_5XX", 502, request_id)
+        if len(json.dumps(response)) > LAMBDA_RESPONSE_BYTES:  # Lambda fails the invocation after the handler
+            return self.gateway_error("INTEGRATION_FAILURE", 502, request_id)
         out_headers = dict(response.get("headers") or {})
         for key, values in (response.get("multiValueHeaders") or {}).items():
             out_headers[key] = ", ".join(values)
-        return GatewayResult(int(response["statusCode"]), out_headers, (response.get("body") or "").encode())
+        out_body = (response.get("body") or "").encode()
+        accept = (_header(headers, "Accept") or "").split(",", 1)[0]
+        if response.get("isBase64Encoded") and self.is_binary(accept):
+            out_body = base64.b64decode(out_body)  # else the client gets the base64 text, as from API Gateway
+        return GatewayResult(int(response["statusCode"]), out_headers, out_body)
+
+    def is_binary(self, media_type: str | None) -> bool:
+        """API Gateway's test: the type (parameters dropped) is one of the binary media types, `type/*` included."""
+        kind = (media_type or "").split(";", 1)[0].strip().lower()
+        return bool(kind) and any(kind == t or (t.endswith("/*") and kind.split("/", 1)[0] == t[:-2])
+                                  for t in self.binary_media_types)
 
     # ---------- HTTP ----------
     def serve(self, host: str, port: int) -> ThreadingHTTPServer:

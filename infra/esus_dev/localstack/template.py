@@ -119,6 +119,12 @@ class TemplateModel:
             return dict(api.get("Properties", {}).get("GatewayResponses", {}))
         return {}
 
+    def binary_media_types(self) -> list[str]:
+        """The API's binary media types, "/" restored (SAM writes it "~1")."""
+        for api in self.of_type("AWS::Serverless::Api").values():
+            return [str(t).replace("~1", "/").lower() for t in api.get("Properties", {}).get("BinaryMediaTypes", [])]
+        return []
+
     def parameter_defaults(self) -> dict[str, str]:
         return {k: str(v["Default"]) for k, v in self.raw.get("Parameters", {}).items() if "Default" in v}
 

@@ -30,7 +30,13 @@ from esus.errors import (
     PreconditionFailed,
     Unprocessable,
 )
-from esus.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_PATCH_OPERATIONS, depth_exceeds
+from esus.limits import (
+    MAX_JSON_DEPTH,
+    MAX_PATCH_OPERATIONS,
+    MAX_RESOURCE_BYTES,
+    depth_exceeds,
+    require_representable,
+)
 from esus.model import IndexEntry, ResourceWrite, Version
 from esus.security.auth import CREATE, Principal
 from esus.security.crypto import BlindIndex, CursorSigner
@@ -201,7 +207,7 @@ class ResourceService:
             _check_if_match(if_match, current, resource_type, resource_id)
             assert current.resource is not None
             try:
-                patched = apply_bounded(current.resource, patch, MAX_BODY_BYTES)
+                patched = apply_bounded(current.resource, patch, MAX_RESOURCE_BYTES)
             except jsonpatch.JsonPatchTestFailed as exc:
                 raise Unprocessable(f"JSON Patch test failed: {str(exc)[:200]}") from None
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
@@ -287,6 +293,7 @@ class ResourceService:
     ) -> Version:
         last_updated = self._clock()
         resource = validate_resource(resource_type, _with_server_meta(body, resource_id, number, last_updated))
+        require_representable(resource)
         return Version(resource_type, resource_id, number, last_updated, False, resource, method, status)
 
     def prepare(

@@ -28,10 +28,11 @@ from esus.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    TooCostly,
     TooManyRequests,
     UnsupportedMediaType,
 )
-from esus.limits import MAX_BODY_BYTES, parse_json
+from esus.limits import MAX_REPRESENTATION_BYTES, event_body_size, parse_json, response_body_size
 from esus.model import Version
 from esus.security.auth import ALL_TYPES, Principal
 from esus.settings import get_settings
@@ -126,6 +127,30 @@ def error_response(exc: FhirError) -> Response[str]:
 def fhir_response(status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None) -> Response[str]:
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":")) if body is not None else ""
     return Response(status_code=status, content_type=FHIR_JSON, body=text, headers=headers or {})
+
+
+def page_response(bundle: dict[str, Any]) -> Response[str]:
+    """A searchset or history page, or a 400 saying how many entries fit: large versions (up to 6 MB each) can make
+    a page bigger than the 6 MB a Lambda response holds, which AWS would turn into a 502."""
+    text = json.dumps(bundle, ensure_ascii=False, separators=(",", ":"))
+    size = response_body_size(text)
+    if size > MAX_REPRESENTATION_BYTES:
+        entries = len(bundle.get("entry") or ())
+        fitting = max(1, entries * MAX_REPRESENTATION_BYTES // size)
+        raise TooCostly(
+            f"This page of {entries} entries would take {size} bytes; a response holds at most "
+            f"{MAX_REPRESENTATION_BYTES} (AWS Lambda's 6 MB payload). Ask for fewer entries per page: _count={fitting}"
+            + (" (a single entry at a time)" if fitting == 1 else ""))
+    return Response(status_code=200, content_type=FHIR_JSON, body=text)
+
+
+def write_bundle_response(full: dict[str, Any], minimal: dict[str, Any]) -> Response[str]:
+    """A transaction/batch response with the resources asked for, or, when that would not fit a response (the
+    writes are done by then), without them: statuses, locations and ETags still tell what happened."""
+    text = json.dumps(full, ensure_ascii=False, separators=(",", ":"))
+    if response_body_size(text) > MAX_REPRESENTATION_BYTES:
+        return fhir_response(200, minimal)
+    return Response(status_code=200, content_type=FHIR_JSON, body=text)
 
 
 def http_date(instant: str) -> str:
@@ -256,12 +281,25 @@ class FhirRequest:
             raise InvalidRequest("The request body is empty")
         return parse_json(text, "The request body")
 
-    def _body_text(self) -> str:
+    def raw_body(self) -> bytes:
+        """The request body's bytes (API Gateway base64-encodes binary media types), within the body limit."""
         body = self._raw.get("body") or ""
-        raw = base64.b64decode(body) if self._raw.get("isBase64Encoded") else body.encode()
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes")
+        encoded = bool(self._raw.get("isBase64Encoded"))
+        limit = get_settings().max_body_bytes
+        size = event_body_size(body, encoded)
+        if size > limit:
+            counted = "base64-encoded, as binary content reaches the function" if encoded else (
+                "as a JSON string in the function's event: quotes, backslashes and control characters escaped")
+            raise PayloadTooLarge(
+                f"The request body takes {size} bytes ({counted}); the limit is {limit}, set by AWS Lambda's 6 MB "
+                "request payload. Nothing was stored.")
         try:
-            return raw.decode("utf-8")
+            return base64.b64decode(body, validate=True) if encoded else body.encode()
+        except ValueError:
+            raise InvalidRequest("The request body is not valid base64") from None
+
+    def _body_text(self) -> str:
+        try:
+            return self.raw_body().decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRequest("The request body must be UTF-8") from None

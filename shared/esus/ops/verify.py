@@ -7,10 +7,15 @@
   that failed, are expected (searches re-check every candidate and cleanup is lazy): they are counted
   per tenant as stale, not reported; `--repair-index` writes missing items and deletes stale ones;
 - every history item is in the tenant's change log (type and system level);
-- every sealed element decrypts (tag, key version and AAD all check), current items included.
+- every sealed element decrypts (tag, key version and AAD all check), current items included; a version kept in
+  the object store (too large for an item, or a Binary) has its object, and the object matches its digest;
+- every object in the object store is the body of a version whose item points to it. Others are orphans of
+  writes that failed after the object was written (it is written first) and before the version's transaction:
+  invisible, harmless, counted per tenant, and removed by `esus cleanup-objects`. Objects younger than a
+  threshold are left alone: their write may still be committing.
 
-Streaming, in bounded memory (at most one Scan page, or one resource's history page, at a time), in
-three passes that need nothing from one another:
+Streaming, in bounded memory (at most one Scan or listing page, or one resource's history page, at a time), in
+four passes that need nothing from one another:
 
 1. Resources, page by page. Per resource: Query its history partition (oldest first, a page at a
    time), look its Provenance records up through the Provenance `target` index partition of the
@@ -22,6 +27,9 @@ three passes that need nothing from one another:
    target partition is reported here.
 3. Index, page by page: each search index item's owner (the current item its sort key names, read
    keys-and-`idx` only) still lists it; those it does not are stale.
+4. Objects, one listing page (1000 keys) at a time, under the tenant's prefix when one is given: each key names
+   its version (tenant/type/id/version/digest), whose history and current items are read (keys and `obj` only)
+   in batches.
 
 The alternative, loading whole tables and joining them in memory, is what this replaces: it does not
 scale with the data, and its one shared loop variable once made it check only one tenant.
@@ -41,6 +49,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from esus.container import Services
@@ -50,6 +59,7 @@ from esus.domain.search_index import parse_sort_key, search_entry_from_ref
 from esus.domain.search_params import params_for
 from esus.errors import IntegrityFailure
 from esus.model import IndexEntry, Version
+from esus.storage.objects import StoredObject, parse_key, tenant_prefix
 from esus.storage.store import (
     ALL_TYPES,
     change_log_partition,
@@ -63,6 +73,9 @@ from esus.storage.store import (
 
 RECHECKS = 3  # a resource written this often while it is checked is reported as found
 PROVENANCE_BATCH = 100
+# An unreferenced object younger than this may belong to a write still on its way to its transaction (a request
+# lives seconds: Lambda's timeout is 10 s). Older ones are orphans.
+ORPHAN_MIN_AGE = timedelta(hours=1)
 
 
 @dataclass
@@ -73,6 +86,9 @@ class TenantReport:
     index_items: int = 0
     stale_index_items: int = 0  # search items of older versions or failed writes: harmless, cleaned lazily
     repaired_index_items: int = 0  # with repair: missing items written plus stale items deleted
+    objects: int = 0
+    orphaned_objects: int = 0  # older than the threshold, pointed to by no item: left by writes that failed
+    removed_objects: int = 0  # orphans removed (esus cleanup-objects)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -107,6 +123,14 @@ class VerifyReport:
         return self._total("index_items")
 
     @property
+    def objects(self) -> int:
+        return self._total("objects")
+
+    @property
+    def orphaned_objects(self) -> int:
+        return self._total("orphaned_objects")
+
+    @property
     def problems(self) -> list[str]:
         return [p for name in sorted(self.tenants) for p in self.tenants[name].problems]
 
@@ -115,13 +139,24 @@ class VerifyReport:
         return all(t.ok for t in self.tenants.values())
 
 
-def verify_all(services: Services, tenant: str | None = None, repair_index: bool = False) -> VerifyReport:
+def verify_all(services: Services, tenant: str | None = None, repair_index: bool = False,
+               orphan_min_age: timedelta = ORPHAN_MIN_AGE) -> VerifyReport:
     """All tenants, or only `tenant`'s items (every key begins with the tenant). With `repair_index`,
-    missing search index items are written (from `idx`) and stale ones deleted instead of reported."""
+    missing search index items are written (from `idx`) and stale ones deleted instead of reported.
+    Unreferenced objects older than `orphan_min_age` are counted as orphaned."""
     checker = _Checker(services, tenant, repair_index)
     checker.check_resources()
     checker.check_provenance()
     checker.check_index()
+    checker.check_objects(remove=False, min_age=orphan_min_age)
+    return checker.report
+
+
+def cleanup_objects(services: Services, tenant: str | None = None, min_age: timedelta = ORPHAN_MIN_AGE,
+                    remove: bool = True) -> VerifyReport:
+    """Pass 4 alone: find (and with `remove`, delete) the orphaned objects of all tenants, or of `tenant`."""
+    checker = _Checker(services, tenant, repair_index=False)
+    checker.check_objects(remove=remove, min_age=min_age)
     return checker.report
 
 
@@ -295,6 +330,36 @@ class _Checker:
                                      attributes=("pk", "idx"))
         owned = {(str(o["pk"]), str(ref)) for o in owners for ref in o.get("idx") or ()}
         return [e for e in entries if (owner(e), e.ref) not in owned]
+
+    # ---------- pass 4: every object is a version's body ----------
+    def check_objects(self, remove: bool, min_age: timedelta) -> None:
+        objects = self.store.objects
+        for page in objects.pages(tenant_prefix(self.only) if self.only is not None else ""):
+            now = datetime.now(UTC)
+            orphans = [o for o in self._unreferenced(page) if now - o.last_modified >= min_age]
+            for stored in page:
+                self.report.tenant(stored.key.split("/", 1)[0]).objects += 1
+            for stored in orphans:
+                self.report.tenant(stored.key.split("/", 1)[0]).orphaned_objects += 1
+            if remove and orphans:
+                objects.delete([o.key for o in orphans])
+                for stored in orphans:
+                    self.report.tenant(stored.key.split("/", 1)[0]).removed_objects += 1
+
+    def _unreferenced(self, page: list[StoredObject]) -> list[StoredObject]:
+        """The objects of `page` no item points to: neither their version's history item nor the current item
+        (re-encryption re-seals the two separately, so after it they can point to different objects)."""
+        versions = {o.key: parse_key(o.key) for o in page}
+        history_keys, current_keys = [], []
+        for parts in versions.values():
+            if parts is not None:
+                tenant, resource_type, resource_id, number, _ = parts
+                history_keys.append({"pk": resource_key(tenant, resource_type, resource_id), "v": number})
+                current_keys.append({"pk": resource_key(tenant, resource_type, resource_id)})
+        items = [*self.store.get_many(self.settings.history_table, history_keys, attributes=("pk", "v", "obj")),
+                 *self.store.get_many(self.settings.resources_table, current_keys, attributes=("pk", "obj"))]
+        referenced = {str(item["obj"]) for item in items if "obj" in item}
+        return [o for o in page if o.key not in referenced]
 
     def _index_present(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         wanted = [{"pk": partition, "sk": sort} for partition, sort in keys]

@@ -2,6 +2,9 @@
 
 resources  pk=tenant|type|id                 current version (v, del, lu, doc, phi, idx)
 history    pk=tenant|type|id, v=version      one item per version, never rewritten
+A version whose sealed body does not fit an item (and every Binary) keeps it in the object store
+(esus.storage.objects): the items then hold obj (the object's key), sha (its SHA-256) and okv (the key
+versions it is sealed under) instead of doc and phi.
 provenance pk=tenant|id                      Provenance records (immutable)
 index      pk=tenant|type|param|key, sk=id|version  search index items (docs/SEARCH.md), written in or
            beside the transaction of the version they describe; change log and Provenance index items
@@ -24,6 +27,7 @@ from esus.model import IndexEntry, ResourceWrite, Version
 from esus.security.crypto import FieldContext
 from esus.security.phi import ResourceCodec
 from esus.settings import Settings
+from esus.storage.objects import ObjectStore, digest_of, object_key, pack, unpack
 
 # The key schema the code relies on, per Settings field (env ESUS_<FIELD>); tests hold template.yaml to it.
 TABLE_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -33,6 +37,8 @@ TABLE_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "index_table": (("pk", "S", "HASH"), ("sk", "S", "RANGE")),
 }
 MAX_ITEM_BYTES = 380_000  # DynamoDB's limit is 400 KB; leave room for attribute names and index refs
+# Binary bodies always go to the object store: they are the large ones, and one place to look is simpler.
+ALWAYS_IN_OBJECTS = frozenset({"Binary"})
 BATCH_GET_LIMIT = 100
 TRANSACTION_ITEM_LIMIT = 100  # DynamoDB TransactWriteItems
 BATCH_WRITE_LIMIT = 25
@@ -106,10 +112,15 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
 
 
 class Store:
-    def __init__(self, settings: Settings, dynamodb: Any, codec: ResourceCodec) -> None:
+    def __init__(self, settings: Settings, dynamodb: Any, codec: ResourceCodec, objects: ObjectStore) -> None:
         self._s = settings
         self._ddb = dynamodb
         self._codec = codec
+        self._objects = objects
+
+    @property
+    def objects(self) -> ObjectStore:
+        return self._objects
 
     # ---------- reads ----------
     def current(self, tenant: str, resource_type: str, resource_id: str) -> Version | None:
@@ -257,7 +268,7 @@ class Store:
         resource = None
         if not deleted:
             ctx = FieldContext(tenant, resource_type, resource_id, version)
-            resource = self._codec.decode(ctx, item["doc"], _binary_map(item.get("phi")))
+            resource = self._codec.decode(ctx, *self._sealed_body(tenant, resource_type, resource_id, version, item))
             meta = resource.get("meta") or {}
             if resource.get("id") != resource_id or meta.get("versionId") != str(version):
                 raise IntegrityFailure("Stored data does not belong to its key")
@@ -273,6 +284,24 @@ class Store:
             index_refs=tuple(item.get("idx") or ()),
         )
 
+    def _sealed_body(
+        self, tenant: str, resource_type: str, resource_id: str, version: int, item: dict[str, Any],
+    ) -> tuple[str, dict[str, bytes]]:
+        """A version item's (clear skeleton, sealed elements): in the item, or in the object it points to
+        (a second round trip), which must be this version's and match the digest the item holds."""
+        key = item.get("obj")
+        if key is None:
+            return str(item["doc"]), _binary_map(item.get("phi"))
+        digest = str(item.get("sha", ""))
+        if key != object_key(tenant, resource_type, resource_id, version, digest):
+            raise IntegrityFailure("Stored data does not belong to its key")
+        body = self._objects.get(str(key))
+        if body is None:
+            raise IntegrityFailure("The stored body of this version is missing")
+        if digest_of(body) != digest:
+            raise IntegrityFailure("The stored body of this version failed its digest check")
+        return unpack(body)
+
     def _provenance(self, tenant: str, item: dict[str, Any]) -> dict[str, Any]:
         provenance_id = str(item["pk"]).rsplit("|", 1)[1]
         ctx = FieldContext(tenant, "Provenance", provenance_id, 1)
@@ -283,16 +312,22 @@ class Store:
 
     # ---------- writes ----------
     def encode_version(self, tenant: str, version: Version) -> dict[str, Any]:
+        """The item attributes of a version. A sealed body too large for an item (or a Binary's) is written to
+        the object store HERE, before the caller's transaction commits the pointer: a transaction that then
+        fails leaves an orphan object (reported by esus verify), never an item without its body."""
         attrs: dict[str, Any] = {"v": version.version, "del": version.deleted, "lu": version.last_updated}
-        if version.resource is not None:
-            ctx = FieldContext(tenant, version.resource_type, version.resource_id, version.version)
-            attrs["doc"], attrs["phi"] = self._codec.encode(ctx, version.resource)
-        size = len(attrs.get("doc", "")) + sum(len(b) for b in attrs.get("phi", {}).values())
-        if size > MAX_ITEM_BYTES:
-            raise PayloadTooLarge(
-                f"The resource is too large to store ({size} bytes encoded; the limit is {MAX_ITEM_BYTES})"
-            )
-        return attrs
+        if version.resource is None:
+            return attrs
+        ctx = FieldContext(tenant, version.resource_type, version.resource_id, version.version)
+        doc, sealed = self._codec.encode(ctx, version.resource)
+        size = len(doc.encode()) + sum(len(b) for b in sealed.values())
+        if size <= MAX_ITEM_BYTES and version.resource_type not in ALWAYS_IN_OBJECTS:
+            return {**attrs, "doc": doc, "phi": sealed}
+        body = pack(doc, sealed)
+        digest = digest_of(body)
+        key = object_key(tenant, version.resource_type, version.resource_id, version.version, digest)
+        self._objects.put_new(key, body)
+        return {**attrs, "obj": key, "sha": digest, "okv": sorted(self._codec.key_versions(sealed))}
 
     def provenance_put(self, tenant: str, provenance: dict[str, Any], recorded_key: str) -> dict[str, Any]:
         ctx = FieldContext(tenant, "Provenance", provenance["id"], 1)
@@ -372,7 +407,9 @@ class Store:
         """The TransactWriteItems entries of one resource write (also used inside larger transactions)."""
         v = write.version
         pk = resource_key(write.tenant, v.resource_type, v.resource_id)
-        attrs = self.encode_version(write.tenant, v)
+        if write.encoded is None:  # once per write: callers may build the items twice (index in or beside)
+            write.encoded = self.encode_version(write.tenant, v)
+        attrs = write.encoded
         # One item per key: two values whose truncated tokens collide share one index item, and one
         # transaction must not touch an item twice (DynamoDB rejects the whole call).
         entries = unique_entries(write.index_entries)
@@ -454,7 +491,7 @@ class Store:
         return [_plain(i) for i in self._batch_get(table, [_item(k) for k in unique], attributes)]
 
     def _is_stale(self, item: dict[str, Any], current_kv: str) -> bool:
-        versions = self._codec.key_versions(_binary_map(item.get("phi")))
+        versions = self._codec.key_versions(_binary_map(item.get("phi"))) | {str(kv) for kv in item.get("okv") or ()}
         tokens_stale = any(f"|k{current_kv}." not in ref.split("\n", 1)[0] for ref in item.get("idx") or ())
         return bool(versions - {current_kv}) or tokens_stale
 
