@@ -22,6 +22,7 @@ from aws_lambda_powertools.shared import constants
 from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 
+from esus import snapstart
 from esus.domain.fhir import PROVENANCE, require_type
 from esus.errors import (
     FhirError,
@@ -122,6 +123,7 @@ def lambda_entry(app: APIGatewayRestResolver) -> Callable[[dict[str, Any], Any],
         traced = Tracer(patch_modules=XRAY_PATCHED).capture_lambda_handler(handler, capture_response=False)
     entry = logger.inject_lambda_context(traced, correlation_id_path=correlation_paths.API_GATEWAY_REST,
                                          clear_state=True)
+    snapstart.install()  # only in the init Lambda snapshots: prime before it, reset after each restore
     return entry
 
 
