@@ -46,9 +46,12 @@ test-full:
 template: setup
 	$(BIN)/python -m esus_dev.codegen.template_gen
 
+# The benchmark (docs/BENCH.md: add --write docs/BENCH.md), the load test, and the outside cold-start check:
+# `import app` of functions/create against a bare boto3 + Powertools resolver, paired runs, ratio <= 1.3.
 bench: setup
 	$(BIN)/python -m esus_dev.bench
 	$(BIN)/python -m esus_dev.bench.load
+	$(BIN)/python -m esus_dev.bench.importcheck
 
 clean:
 	rm -rf $(VENV) .esus .pytest_cache .mypy_cache .ruff_cache .aws-sam

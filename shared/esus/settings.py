@@ -1,18 +1,38 @@
-"""Typed settings read from the environment (one place, validated once per container)."""
+"""Typed settings read from the environment (one place, validated once per container).
+
+A dataclass validated here, not a pydantic-settings model: importing pydantic and building the model took a
+fifth of every function's import (docs/BENCH.md, cold start). Same rules as before: a keyword argument wins over
+the environment variable ESUS_<NAME> (any case), which wins over the default; unknown names are ignored; values
+are parsed to the field's type and checked against its bounds (`Field(default=..., ge=..., le=...)`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from functools import lru_cache
-
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Any
 
 from esus.limits import DEFAULT_MAX_BODY_BYTES
 
+ENV_PREFIX = "ESUS_"
+TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
+FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
+BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+NAMED = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ESUS_", extra="ignore")
 
+def Field(*, default: Any, **bounds: float) -> Any:  # noqa: N802 (used like pydantic's Field)
+    """A field with bounds (ge, gt, le, lt), checked on every value, from the environment or an argument."""
+    unknown = set(bounds) - set(BOUNDS)
+    if unknown:
+        raise TypeError(f"unsupported Field constraint(s): {', '.join(sorted(unknown))}")
+    return dataclasses.field(default=default, metadata=bounds)
+
+
+@dataclasses.dataclass(init=False)
+class Settings:
     resources_table: str = "esus-resources"
     history_table: str = "esus-history"
     provenance_table: str = "esus-provenance"
@@ -63,6 +83,55 @@ class Settings(BaseSettings):
     jwt_public_keys_pem: str | None = None
     jwt_max_token_bytes: int = 8192
     jwt_leeway_seconds: int = 30
+
+    def __init__(self, **values: Any) -> None:
+        environment = {k.upper(): v for k, v in os.environ.items()}
+        for spec in dataclasses.fields(self):
+            env_name = ENV_PREFIX + spec.name.upper()
+            if spec.name in values:
+                value = values[spec.name]
+            elif env_name in environment:
+                value = environment[env_name]
+            else:
+                value = spec.default
+            setattr(self, spec.name, _validated(spec, env_name, value))
+
+
+def _validated(spec: dataclasses.Field[Any], env_name: str, value: Any) -> Any:
+    kind = str(spec.type).replace(" ", "")
+    optional = kind.endswith("|None")
+    kind = kind.removesuffix("|None")
+    if value is None and optional:
+        return None
+    if isinstance(value, str) and kind != "str":
+        value = _parse(kind, env_name, value)
+    if kind not in TYPES:
+        raise TypeError(f"Settings.{spec.name}: unsupported type {spec.type}")
+    if not isinstance(value, TYPES[kind]) or (kind != "bool" and isinstance(value, bool)):
+        raise ValueError(f"{env_name} must be {NAMED[kind]}")
+    for name, bound in spec.metadata.items():
+        holds = {"ge": value >= bound, "gt": value > bound, "le": value <= bound, "lt": value < bound}[name]
+        if not holds:
+            raise ValueError(f"{env_name} must be {BOUNDS[name]} {bound} (got {value})")
+    return value
+
+
+def _parse(kind: str, env_name: str, raw: str) -> Any:
+    text = raw.strip()
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{env_name} must be {NAMED[kind]}, not {text[:32]!r}") from None
+    if kind == "bool":
+        if text.lower() in TRUE_WORDS:
+            return True
+        if text.lower() in FALSE_WORDS:
+            return False
+        raise ValueError(f"{env_name} must be true or false, not {text[:32]!r}")
+    return raw
 
 
 @lru_cache(maxsize=1)

@@ -54,6 +54,8 @@ NOT_CREATED_BY_MOTO = {
     "AWS::ApiGateway::Account": "no moto CloudFormation model",
     # A no-op in moto (it creates nothing); in the template it only orders the API after the logging setting.
     "AWS::CloudFormation::WaitConditionHandle": "no-op in moto",
+    # No moto CloudFormation model (AutoPublishAlias `live`): what references the alias gets the function itself.
+    "AWS::Lambda::Alias": "no moto CloudFormation model",
 }
 
 
@@ -128,7 +130,7 @@ def _references(value: Any, names: set[str]) -> set[str]:
     return found
 
 
-def _substitute(value: Any, replacements: dict[str, str]) -> Any:
+def _substitute(value: Any, replacements: dict[str, Any]) -> Any:
     """Replace Ref/GetAtt/Sub references to removed resources with the given stand-in values."""
     if isinstance(value, dict):
         if value.get("Ref") in replacements:
@@ -140,6 +142,8 @@ def _substitute(value: Any, replacements: dict[str, str]) -> Any:
             sub = value["Fn::Sub"]
             text, variables = (sub[0], sub[1]) if isinstance(sub, list) else (sub, {})
             for name, stand_in in replacements.items():
+                if isinstance(stand_in, dict):  # a Ref stand-in: ${Name} of what it refers to
+                    stand_in = "${" + str(stand_in["Ref"]) + "}"
                 text = re.sub(r"\$\{" + name + r"(?:\.[A-Za-z0-9.]+)?\}", stand_in, text)
             return {"Fn::Sub": [text, _substitute(variables, replacements)] if variables else text}
         return {k: _substitute(v, replacements) for k, v in value.items()}
@@ -152,7 +156,10 @@ def strip_for_moto(template: dict[str, Any], stand_ins: dict[str, str]) -> tuple
     """Remove the resources moto cannot create; returns (template, removed logical id -> type)."""
     template = copy.deepcopy(template)
     removed = {lid: r["Type"] for lid, r in template["Resources"].items() if r["Type"] in NOT_CREATED_BY_MOTO}
-    replacements = {lid: stand_ins.get(lid, f"not-created-in-moto-{lid}") for lid in removed}
+    replacements: dict[str, Any] = {lid: stand_ins.get(lid, f"not-created-in-moto-{lid}") for lid in removed}
+    for lid, cfn_type in removed.items():
+        if cfn_type == "AWS::Lambda::Alias":  # an alias stands for its (unqualified) function
+            replacements[lid] = template["Resources"][lid]["Properties"]["FunctionName"]
     for lid in removed:
         del template["Resources"][lid]
     for resource in template["Resources"].values():

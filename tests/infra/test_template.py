@@ -153,13 +153,21 @@ def test_every_handler_module_is_deployed(raw_template: dict[str, Any]) -> None:
             and d.name != "__pycache__"} <= code_dirs
 
 
+# AutoPublishAlias (Globals): the API invokes each route function's alias `live` (SAM names it <Function>Aliaslive).
+ALIAS = "live"
+
+
+def _function_of_alias(logical_id: str) -> str:
+    return logical_id.removesuffix(f"Alias{ALIAS}")
+
+
 def _translated_routes(translated: dict[str, Any]) -> set[tuple[str, str, str, bool]]:
     (api,) = of_type(translated, "AWS::ApiGateway::RestApi").values()
     routes = set()
     for path, methods in api["Properties"]["Body"]["paths"].items():
         for method, operation in methods.items():
             uri = operation["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
-            function = re.search(r"\$\{([A-Za-z0-9]+)\.Arn\}", uri)
+            function = re.search(rf"\$\{{([A-Za-z0-9]+)Alias{ALIAS}\}}", uri)
             assert function, uri
             schemes = {name for requirement in operation.get("security", []) for name in requirement}
             routes.add((function.group(1), method.upper(), path, bool(schemes - {"NONE"})))
@@ -189,7 +197,7 @@ def test_authorizer_and_invoke_permissions(raw_template: dict[str, Any], transla
     permitted = set()
     for permission in of_type(translated, "AWS::Lambda::Permission").values():
         target = permission["Properties"]["FunctionName"]
-        permitted.add(target["Fn::GetAtt"][0] if "Fn::GetAtt" in target else target["Ref"])
+        permitted.add(target["Fn::GetAtt"][0] if "Fn::GetAtt" in target else _function_of_alias(target["Ref"]))
         assert permission["Properties"]["Principal"] == "apigateway.amazonaws.com"
     assert permitted == set(_functions(translated)), "every function must be invocable by API Gateway"
 
@@ -397,6 +405,19 @@ def test_functions_use_the_layer_on_its_runtime_and_architecture(raw_template: d
         assert props["Layers"] == [{"Ref": translated_layer_id}], logical_id
         assert props["TracingConfig"] == {"Mode": "Active"}, logical_id
         assert props["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"].startswith("esus-"), logical_id
+
+
+def test_snapstart_is_an_option_on_the_published_versions_the_api_invokes(raw_template: dict[str, Any],
+                                                                          translated: dict[str, Any]) -> None:
+    """Off by default; when on, it applies to the version behind alias `live`, the one API Gateway invokes."""
+    parameter = raw_template["Parameters"]["SnapStart"]
+    assert parameter["Default"] == "None"
+    assert set(parameter["AllowedValues"]) == {"None", "PublishedVersions"}
+    aliases = {_function_of_alias(logical_id): alias["Properties"]["Name"]
+               for logical_id, alias in of_type(translated, "AWS::Lambda::Alias").items()}
+    for logical_id, function in _functions(translated).items():
+        assert function["Properties"]["SnapStart"] == {"ApplyOn": {"Ref": "SnapStart"}}, logical_id
+        assert aliases.get(logical_id) == ALIAS, logical_id
 
 
 def test_every_function_has_a_log_group_with_retention(translated: dict[str, Any]) -> None:

@@ -19,3 +19,15 @@ def test_the_cold_start_child_imports_nothing_but_the_stdlib_before_timing() -> 
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60,
                           check=True)
     assert json.loads(done.stdout) == []
+
+
+def test_the_import_check_fails_above_its_target_and_passes_below() -> None:
+    """`python -m esus_dev.bench.importcheck` (in `make bench`) exits 1 when a function's paired ratio to the bare
+    handler is above the target, 0 otherwise; its children get no Lambda variables (nothing traces)."""
+    from esus_dev.bench import importcheck
+
+    env = importcheck.child_environment(REPO / ".pycache-unused")
+    assert not {"LAMBDA_TASK_ROOT", "POWERTOOLS_TRACE_DISABLED", "AWS_LAMBDA_INITIALIZATION_TYPE"} & set(env)
+    assert env["PYTHONPATH"] == str(REPO / "shared")
+    assert importcheck.main(["--function", "read", "--rounds", "1", "--target", "0.01"]) == 1
+    assert importcheck.main(["--function", "read", "--rounds", "1", "--target", "100"]) == 0

@@ -32,3 +32,5 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
+# The baseline every function's cold start is compared with (a bare boto3 + Powertools resolver).
+BARE_CODE_DIR = Path(__file__).resolve().parent / "bare_function"

@@ -13,13 +13,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esus_dev.bench import REPO
+from esus_dev.bench import BARE_CODE_DIR, REPO
 from esus_dev.bench.gateway import Client, TableJanitor
+from esus_dev.bench.profile import package_self_times
 from esus_dev.bench.recorder import call_counts, install_default_session_recorder
 from esus_dev.bench.report import BARE, ColdRow, Report
 from esus_dev.bench.scenario import patient_body, revised
@@ -28,6 +27,7 @@ from esus_dev.localstack.lambda_runtime import LambdaContext, load_handler
 if TYPE_CHECKING:
     from esus_dev.localstack.stack import LocalStack
 
+FIRST_REQUEST_MARK = "esus-bench: first request"  # on the child's stderr, between import and first request
 COLD_REQUESTS: dict[str, tuple[str, str]] = {
     "MetadataFunction": ("GET", "/fhir/metadata"),
     "AuthorizerFunction": ("GET", "/fhir/Patient/{pid}"),
@@ -65,12 +65,14 @@ def cold_environment(workdir: Path) -> dict[str, str]:
 
 
 def run_cold_child(stack: LocalStack, function: str, event: dict[str, Any], workdir: Path,
-                   python_flags: tuple[str, ...] = ()) -> dict[str, Any]:
+                   python_flags: tuple[str, ...] = (), prime: bool = False) -> dict[str, Any]:
     event_file = workdir / f"event-{uuid.uuid4().hex}.json"
     event_file.write_text(json.dumps(event))
     command = [sys.executable, *python_flags, "-m", "esus_dev.bench", "--cold-child", function,
-               "--event", str(event_file)]
-    if function != BARE:
+               "--event", str(event_file), *(["--prime"] if prime else [])]
+    if function == BARE:
+        command += ["--code-dir", str(BARE_CODE_DIR), "--handler", "app.handler"]
+    else:
         spec = next(s for s in stack.template.functions() if s.logical_id == function)
         command += ["--code-dir", str(REPO / spec.code_uri), "--handler", spec.handler]
     started = time.perf_counter()
@@ -87,40 +89,49 @@ def run_cold_child(stack: LocalStack, function: str, event: dict[str, Any], work
     return result
 
 
-def import_breakdown(importtime_log: str, top: int = 8) -> list[tuple[str, float]]:
-    """`python -X importtime` output -> self time per top-level package, largest first (ms)."""
-    totals: Counter[str] = Counter()
-    for line in importtime_log.splitlines():
-        if not line.startswith("import time:") or "self [us]" in line:
-            continue
-        self_us, _, name = (part.strip() for part in line.removeprefix("import time:").split("|"))
-        totals[name.split(".")[0]] += int(self_us)
-    return [(name, us / 1000) for name, us in totals.most_common(top)]
+def init_s(result: dict[str, Any]) -> float:
+    return float(result["import_s"] + result["first_request_s"])
 
 
 def cold_phase(client: Client, report: Report, repeats: int) -> None:
-    """Round 0 fills the bytecode and disk caches and is discarded; rounds 1..repeats are measured.
-    Every child starts from freshly recreated tables holding only the Patient its request needs."""
+    """Round 0 fills the bytecode and disk caches and is discarded; rounds 1..repeats are measured. Each
+    function's child runs right next to a bare handler's child (alternating which goes first), and the ratios
+    are medians of these pairs, so the machine's drift hits both sides alike. A third child per function and
+    round primes like a SnapStart snapshot before its (timed) first request. Every child starts from freshly
+    recreated tables holding only the Patient its request needs."""
     import boto3
 
     janitor = TableJanitor(boto3.session.Session().client("dynamodb"), client.stack)
-    functions = [*COLD_REQUESTS, BARE]
-    runs: dict[str, list[dict[str, Any]]] = {f: [] for f in functions}
+    functions = list(COLD_REQUESTS)
+    runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {f: [] for f in functions}
+    primed: dict[str, list[dict[str, Any]]] = {f: [] for f in functions}
+    counter = iter(range(1_000_000))
+
+    def child(function: str, prime: bool = False, flags: tuple[str, ...] = ()) -> dict[str, Any]:
+        janitor.reset()
+        source = "ReadFunction" if function == BARE else function
+        event = cold_event(client, source, next(counter))
+        return run_cold_child(client.stack, function, event, Path(tmp), flags, prime)
+
     with tempfile.TemporaryDirectory(prefix="esus-bench-cold-") as tmp:
         for r in range(repeats + 1):
             for n, function in enumerate(functions):
-                source = "ReadFunction" if function == BARE else function
-                janitor.reset()
-                event = cold_event(client, source, r * len(functions) + n)
-                result = run_cold_child(client.stack, function, event, Path(tmp))
+                if (r + n) % 2:
+                    bare, measured = child(BARE), child(function)
+                else:
+                    measured, bare = child(function), child(BARE)
+                after_priming = child(function, prime=True) if function != "AuthorizerFunction" else None
                 if r:
-                    runs[function].append(result)
-        event = cold_event(client, "CreateFunction", (repeats + 1) * len(functions))
-        traced = run_cold_child(client.stack, "CreateFunction", event, Path(tmp), ("-X", "importtime"))
-        report.import_breakdown = import_breakdown(traced["stderr"])
+                    runs[function].append((measured, bare))
+                    if after_priming:
+                        primed[function].append(after_priming)
+        traced = child("CreateFunction", flags=("-X", "importtime"))
+        report.first_request_imports = first_request_breakdown(traced["stderr"])
     client.samples.clear()
-    for function in functions:
-        results = runs[function]
+    bare_runs = [b for pairs in runs.values() for _, b in pairs]
+    for function in [*functions, BARE]:
+        pairs = runs.get(function) or [(b, b) for b in bare_runs]
+        results = [m for m, _ in pairs]
         method, path = COLD_REQUESTS["ReadFunction" if function == BARE else function]
         report.cold.append(ColdRow(
             function=function,
@@ -131,42 +142,41 @@ def cold_phase(client: Client, report: Report, repeats: int) -> None:
             process_ms=statistics.median(r["process_s"] for r in results) * 1000,
             aws_calls=", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(results[-1]["calls"].items())) or "-",
             status=int(results[-1]["status"]),
+            ratio=statistics.median(init_s(m) / init_s(b) for m, b in pairs),
+            import_ratio=statistics.median(m["import_s"] / b["import_s"] for m, b in pairs),
+            primed_first_request_ms=(statistics.median(p["first_request_s"] + p["restore_s"] for p in primed[function])
+                                     * 1000 if primed.get(function) else None),
         ))
 
 
-def bare_handler() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    """The baseline: a Powertools REST resolver whose one route makes one GetItem (client built lazily,
-    on first request, as the product does)."""
-    import boto3
-    from aws_lambda_powertools.event_handler import APIGatewayRestResolver
-
-    app = APIGatewayRestResolver()
-    clients: dict[str, Any] = {}
-
-    @app.get("/fhir/<resource_type>/<resource_id>")
-    def read(resource_type: str, resource_id: str) -> dict[str, Any]:
-        ddb = clients.get("ddb") or clients.setdefault("ddb", boto3.client("dynamodb"))
-        key = {"pk": {"S": f"bare|{resource_type}|{resource_id}"}}
-        item = ddb.get_item(TableName=os.environ["ESUS_RESOURCES_TABLE"], Key=key, ConsistentRead=True)
-        return {"found": "Item" in item}
-
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        return dict(app.resolve(event, context))
-
-    return handler
+def first_request_breakdown(importtime_log: str, top: int = 8) -> list[tuple[str, float]]:
+    """The modules the first request imports (the part of a `-X importtime` log after the child's mark): self
+    time per top-level package, largest first (ms). Modules loaded with importlib.import_module (fhir.resources
+    loads each model class that way) are not in the log."""
+    _, _, after = importtime_log.partition(FIRST_REQUEST_MARK)
+    return package_self_times(after)[:top]
 
 
-def cold_child(function: str, event_file: str, code_dir: str | None, handler_setting: str | None) -> None:
-    """Runs in the fresh subprocess: import (timed), then the first request (timed, AWS calls counted)."""
+def cold_child(function: str, event_file: str, code_dir: str | None, handler_setting: str | None,
+               prime: bool = False) -> None:
+    """Runs in the fresh subprocess: import (timed), then the first request (timed, AWS calls counted). With
+    `prime`, what a SnapStart snapshot would hold comes in between, untimed (esus.snapstart.prime), and the
+    after-restore hook is timed with the request (`restore_s`)."""
     event = json.loads(Path(event_file).read_text())
+    assert code_dir and handler_setting
     started = time.perf_counter()
-    if function == BARE:
-        handler = bare_handler()
-    else:
-        assert code_dir and handler_setting
-        handler = load_handler(Path(code_dir), handler_setting, f"esus_fn_{function}")
+    handler = load_handler(Path(code_dir), handler_setting, f"esus_fn_{function}")
     imported = time.perf_counter()
+    restore_s = 0.0
+    if prime:
+        from esus import snapstart
+
+        snapstart.prime()
+        restoring = time.perf_counter()
+        snapstart.after_restore()
+        restore_s = time.perf_counter() - restoring
     recorder = install_default_session_recorder()  # boto3 is imported by now; no client exists yet
+    print(FIRST_REQUEST_MARK, file=sys.stderr, flush=True)
     before_request = time.perf_counter()
     try:
         response = handler(event, LambdaContext("bench-cold"))
@@ -177,5 +187,5 @@ def cold_child(function: str, event_file: str, code_dir: str | None, handler_set
     calls = recorder.take()
     print(json.dumps({
         "import_s": imported - started, "first_request_s": done - before_request, "status": status,
-        "calls": dict(call_counts(calls)), "aws_s": sum(c.seconds for c in calls),
+        "calls": dict(call_counts(calls)), "aws_s": sum(c.seconds for c in calls), "restore_s": restore_s,
     }))

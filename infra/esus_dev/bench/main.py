@@ -13,7 +13,9 @@ import esus_dev.bench
 from esus_dev.bench.cold import COLD_REQUESTS, cold_child, cold_phase
 from esus_dev.bench.crypto import crypto_phase
 from esus_dev.bench.gateway import new_client, start_stack
+from esus_dev.bench.importcheck import check, route_functions
 from esus_dev.bench.machine import describe_machine, load_average
+from esus_dev.bench.profile import current_profile
 from esus_dev.bench.render import render
 from esus_dev.bench.report import Report
 from esus_dev.bench.scenario import INTERACTIONS
@@ -23,6 +25,7 @@ DEFAULT_ITERATIONS = 50
 DEFAULT_WARMUP = 3
 DEFAULT_COLD_REPEATS = 3
 DEFAULT_CRYPTO_SECONDS = 0.4
+DEFAULT_IMPORT_ROUNDS = 5
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> Report:
         "command": "python -m esus_dev.bench " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cold_repeats": str(args.cold_repeats),
+        "import_rounds": str(args.import_rounds),
         "crypto_seconds": str(args.crypto_seconds),
         "summary": f"{args.iterations} measured iterations after {args.warmup} warm-up; "
                    f"{args.cold_repeats} cold runs per function; {args.crypto_seconds} s per crypto operation",
@@ -41,8 +45,12 @@ def run(args: argparse.Namespace) -> Report:
             client = new_client(stack, recorder)
             _progress(f"warm: {args.iterations} iterations x {len(INTERACTIONS)} interactions")
             warm_phase(client, report, args.iterations, args.warmup)
-            _progress(f"cold: {len(COLD_REQUESTS) + 1} functions x {args.cold_repeats} subprocesses")
+            _progress(f"cold: {len(COLD_REQUESTS)} functions x {args.cold_repeats} rounds (each paired with bare, "
+                      "and primed)")
             cold_phase(client, report, args.cold_repeats)
+            _progress(f"imports: `import app` of every function vs bare, {args.import_rounds} pairs each; profile")
+            report.import_checks = check(route_functions(), args.import_rounds)
+            report.import_profile = current_profile("create", args.import_rounds)
             _progress("crypto")
             crypto_phase(report, args.crypto_seconds)
         finally:
@@ -65,7 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"discarded iterations first (default {DEFAULT_WARMUP}, at least 1)")
     parser.add_argument("--cold-repeats", type=int, default=DEFAULT_COLD_REPEATS,
-                        help=f"fresh subprocesses per function (default {DEFAULT_COLD_REPEATS})")
+                        help=f"rounds of fresh subprocesses per function (default {DEFAULT_COLD_REPEATS})")
+    parser.add_argument("--import-rounds", type=int, default=DEFAULT_IMPORT_ROUNDS,
+                        help=f"paired `import app` runs per function (default {DEFAULT_IMPORT_ROUNDS})")
     parser.add_argument("--crypto-seconds", type=float, default=DEFAULT_CRYPTO_SECONDS,
                         help=f"time per crypto operation (default {DEFAULT_CRYPTO_SECONDS})")
     parser.add_argument("--write", metavar="PATH", help="also write the report (markdown) to PATH")
@@ -73,17 +83,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--event", help=argparse.SUPPRESS)
     parser.add_argument("--code-dir", help=argparse.SUPPRESS)
     parser.add_argument("--handler", help=argparse.SUPPRESS)
+    parser.add_argument("--prime", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.warmup = max(1, args.warmup)
     args.iterations = max(1, args.iterations)
     args.cold_repeats = max(1, args.cold_repeats)
+    args.import_rounds = max(1, args.import_rounds)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.cold_child:
-        cold_child(args.cold_child, args.event, args.code_dir, args.handler)
+        cold_child(args.cold_child, args.event, args.code_dir, args.handler, args.prime)
         return
     text = render(run(args))
     print(text)

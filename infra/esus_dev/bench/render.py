@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
+from esus_dev.bench.importcheck import ImportCheck
+from esus_dev.bench.profile import load_before
 from esus_dev.bench.report import BARE, Report
 
 
@@ -11,6 +15,7 @@ def render(report: Report) -> str:
         *render_round_trips(report),
         *render_timings(report),
         *render_cold(report),
+        *render_imports(report),
         *render_crypto(report),
         *render_findings(report),
     ]) + "\n"
@@ -123,37 +128,101 @@ def render_timings(report: Report) -> list[str]:
 
 
 def render_cold(report: Report) -> list[str]:
-    bare = next((c for c in report.cold if c.function == BARE), None)
     rows = []
     for c in report.cold:
-        ratio = f"{c.init_ms / bare.init_ms:.2f}" if bare and bare.init_ms else "-"
         name = "bare (boto3 + Powertools, one GetItem)" if c.function == BARE else c.function
+        primed = f"{c.primed_first_request_ms:.0f}" if c.primed_first_request_ms is not None else "-"
         rows.append([name, c.request, f"{c.import_ms:.0f}", f"{c.first_request_ms:.0f}",
-                     f"{c.first_request_aws_ms:.0f}", f"{c.init_ms:.0f}", f"**{ratio}**", f"{c.process_ms:.0f}",
-                     str(c.status), c.aws_calls])
-    breakdown = ", ".join(f"{name} {ms:.0f}" for name, ms in report.import_breakdown)
+                     f"{c.first_request_aws_ms:.0f}", f"{c.init_ms:.0f}", f"**{c.ratio:.2f}**",
+                     f"{c.import_ratio:.2f}", primed, f"{c.process_ms:.0f}", str(c.status), c.aws_calls])
+    first = ", ".join(f"{name} {ms:.0f}" for name, ms in report.first_request_imports)
     repeats = report.settings["cold_repeats"]
     return [
         "## 3. Cold init per function",
         "",
-        f"Each row is the median of {repeats} fresh subprocesses (`python -m esus_dev.bench --cold-child ...`, "
-        "same environment, same moto endpoint), after one discarded round that fills the bytecode cache (a "
-        "private `PYTHONPYCACHEPREFIX`, as in a deployment that ships `.pyc` files) and the disk cache. "
-        "*Import* is loading the function module (its imports included), *first request* is the first "
-        "`handler(event, context)` call (building clients, fetching "
-        "the root key, the DynamoDB calls); *ratio* compares their sum with the bare handler's. *Process* "
-        "is the whole subprocess wall time from the parent (interpreter start and exit included). Times in ms.",
+        f"{repeats} rounds, after one discarded round that fills the bytecode cache (a private "
+        "`PYTHONPYCACHEPREFIX`, as in a deployment that ships `.pyc` files) and the disk cache. In each round every "
+        "function runs in a fresh subprocess (`python -m esus_dev.bench --cold-child ...`, same environment, same "
+        "moto endpoint) right next to a fresh subprocess of the bare handler (`esus_dev/bench/bare_function`), "
+        "alternating which goes first. *Import* is loading the function module (its imports included), *first "
+        "request* is the first `handler(event, context)` call (building clients, fetching the root key, the "
+        "DynamoDB calls); times are medians over the rounds. *Ratio* is the median over the rounds of the pair's "
+        "(import + first request) / the bare handler's, *import ratio* the same for the import alone: pairing "
+        "cancels most of this shared machine's drift. *Primed first request* is a third subprocess per round that "
+        "runs `esus.snapstart.prime()` (untimed, as the init a SnapStart snapshot holds) and then "
+        "`after_restore()` and the first request (timed): what SnapStart would leave on the request path, Lambda's "
+        "own restore time not included. *Process* is the whole subprocess wall time from the parent. Times in ms.",
         "",
         *table(["Function", "Request", "Import", "First request", "of which boto3 calls", "Init total",
-                "Ratio to bare", "Process", "Status", "AWS calls in first request"], rows, "llrrrrrrll"),
+                "Ratio to bare", "Import ratio", "Primed first request", "Process", "Status",
+                "AWS calls in first request"], rows, "llrrrrrrrrll"),
         "",
         "- *of which boto3 calls* is the time inside the first request's AWS calls; the rest of the first "
-        "request is building the boto3 clients, deriving keys, loading the FHIR model classes on first "
-        "validation, and the handler's own work.",
-        f"- Where CreateFunction's import time goes (`python -X importtime`, self time per top-level package, "
-        f"ms, one run): {breakdown or 'not measured'}.",
+        "request is building the boto3 clients, deriving keys, loading the FHIR models and FHIRPath on first "
+        "use, and the handler's own work.",
+        "- The bench runs as the local stack does, without tracing (`POWERTOOLS_TRACE_DISABLED`, and outside "
+        "Lambda): the X-Ray SDK is not loaded. In Lambda, with tracing on, the Tracer loads it at import.",
+        f"- What CreateFunction's first request imports (`python -X importtime`, self time per top-level package, "
+        f"ms, one run; fhir.resources' model modules load through importlib and are not in the log): "
+        f"{first or 'not measured'}.",
         "",
     ]
+
+
+def render_imports(report: Report) -> list[str]:
+    if not report.import_checks:
+        return []
+    lines = [
+        "## 3b. Import only: `python -c \"import app\"`",
+        "",
+        f"The outside check (`python -m esus_dev.bench.importcheck`, in `make bench` for CreateFunction): "
+        f"`python -c \"import app\"` in each function's folder with the layer (`shared/`) on `PYTHONPATH`, "
+        f"against the same in the bare handler's folder, {report.settings['import_rounds']} paired whole-process "
+        "runs per function (interpreter start and exit included, no Lambda variables, so nothing traces), "
+        "alternating order, after a discarded round. Target: ratio <= 1.3.",
+        "",
+        *render_import_checks(report.import_checks, 1.3),
+        "",
+    ]
+    return [*lines, *render_import_profiles(report)]
+
+
+def render_import_checks(checks: list[ImportCheck], target: float) -> list[str]:
+    rows = [[c.function, f"{c.median_ms:.0f}", f"{c.bare_median_ms:.0f}", f"**{c.ratio:.2f}**",
+             f"{min(c.ratios):.2f}-{max(c.ratios):.2f}", "meets target" if c.ratio <= target else "ABOVE target"]
+            for c in checks]
+    return table(["Function", "`import app` median", "bare median", "Ratio (median of pairs)",
+                  "Pair ratios min-max", "Result"], rows, "lrrrrl")
+
+
+def render_import_profiles(report: Report) -> list[str]:
+    after = report.import_profile
+    before = load_before()
+    if after is None:
+        return []
+    lines = ["### Import profile of CreateFunction, before and after", ""]
+    profiles: list[tuple[str, dict[str, object]]] = []
+    if before:
+        recorded = before["before"]
+        assert isinstance(recorded, dict)
+        profiles.append((f"before (commit {before['commit']}, recorded {before['date']})", recorded))
+    profiles.append(("after (this run)", asdict(after)))
+    lines.append("`python -X importtime -c \"import app\"` in functions/create, self time per top-level package "
+                 "(median over runs, ms); *share* is of that run's summed self time, comparable across runs; the "
+                 "ratio is the median of paired whole-process `import app` times against the bare handler.")
+    lines.append("")
+    for label, profile in profiles:
+        packages = profile["packages"]
+        total = float(str(profile["total_ms"]))
+        assert isinstance(packages, list)
+        cells = ", ".join(f"{name} {float(ms):.0f} ({100 * float(ms) / total:.0f}%)" for name, ms in packages)
+        lines.append(f"- **{label}**: summed self time {total:.0f} ms, ratio to bare "
+                     f"**{float(str(profile['ratio_to_bare'])):.2f}**; top packages: {cells}.")
+    if before:
+        lines.append(f"- The recorded profile was measured by `python -m esus_dev.bench.profile --record-before "
+                     f"{before['commit']}` ({before['runs']} interleaved runs of each tree and the bare handler on "
+                     f"{before['date']}).")
+    return [*lines, ""]
 
 
 def render_crypto(report: Report) -> list[str]:
@@ -201,10 +270,13 @@ def render_findings(report: Report) -> list[str]:
     bare = next((c for c in report.cold if c.function == BARE), None)
     functions = [c for c in report.cold if c.function != BARE]
     if bare and functions:
-        slowest = max(functions, key=lambda c: c.init_ms)
-        lines.append(f"- Slowest cold init: {slowest.function} {slowest.init_ms:.0f} ms "
-                     f"({slowest.init_ms / bare.init_ms:.1f}x the bare handler's {bare.init_ms:.0f} ms).")
-    if report.import_breakdown:
-        name, ms = report.import_breakdown[0]
-        lines.append(f"- Largest import of CreateFunction by self time: `{name}` ({ms:.0f} ms).")
+        slowest = max(functions, key=lambda c: c.ratio)
+        within = [c.function for c in functions if c.ratio <= 1.3]
+        lines.append(f"- Slowest cold init (import + first request): {slowest.function} {slowest.init_ms:.0f} ms, "
+                     f"{slowest.ratio:.2f}x the bare handler (paired). Within 1.3x: {', '.join(within) or 'none'}.")
+    above = [c.function for c in report.import_checks if c.ratio > 1.3]
+    if report.import_checks:
+        lines.append(f"- `import app` against the bare handler: {min(c.ratio for c in report.import_checks):.2f}-"
+                     f"{max(c.ratio for c in report.import_checks):.2f}"
+                     + (f"; above 1.3: {', '.join(above)}." if above else ", every function within 1.3."))
     return [*lines, ""]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from esus_dev.bench.importcheck import ImportCheck
 from esus_dev.bench.machine import Machine, load_average
+from esus_dev.bench.profile import ImportProfile
 from esus_dev.bench.recorder import AwsCall
 
 BARE = "bare"  # the ColdRow of the baseline handler
@@ -88,6 +90,9 @@ class ColdRow:
     process_ms: float
     aws_calls: str
     status: int
+    ratio: float = 1.0  # median over pairs of (import + first request) / the bare handler's, run back to back
+    import_ratio: float = 1.0  # the same for the import alone
+    primed_first_request_ms: float | None = None  # after esus.snapstart.prime (what a SnapStart restore leaves)
 
     @property
     def init_ms(self) -> float:
@@ -116,7 +121,9 @@ class Report:
     timings: list[TimingRow] = field(default_factory=list)
     authorizer_ms: tuple[float, float] = (0.0, 0.0)
     cold: list[ColdRow] = field(default_factory=list)
-    import_breakdown: list[tuple[str, float]] = field(default_factory=list)  # (top-level package, ms self time)
+    first_request_imports: list[tuple[str, float]] = field(default_factory=list)  # CreateFunction's, (package, ms)
+    import_checks: list[ImportCheck] = field(default_factory=list)  # `python -c "import app"` vs bare, per function
+    import_profile: ImportProfile | None = None  # CreateFunction's `import app`, this run
     crypto: list[CryptoRow] = field(default_factory=list)
     codec_overhead_us: float = 0.0
     codec_detail: str = ""

@@ -6,9 +6,6 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
-from pydantic import ValidationError
-
 from esus.domain.bindings import code_issues
 from esus.errors import InvalidRequest, Issue, NotFound
 from esus.fhir_types import RESOURCE_TYPES as RESOURCE_TYPES
@@ -52,6 +49,10 @@ def validate_resource(resource_type: str, body: Any) -> dict[str, Any]:
             f"resourceType '{str(found)[:64]}' does not match the URL type '{resource_type}'",
             [Issue("invalid", "resourceType does not match the URL", "resourceType")],
         )
+    # fhir.resources and pydantic build the model classes when imported (~100 ms of cold start): on first use.
+    from fhir.resources.R4B import get_fhir_model_class
+    from pydantic import ValidationError
+
     try:
         get_fhir_model_class(resource_type).model_validate(body)
     except ValidationError as exc:

@@ -10,10 +10,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import jsonpatch
-import jsonpointer
+if TYPE_CHECKING:  # jsonpatch loads with the first PATCH, not with every function (cold start)
+    import jsonpatch
 
 from esus.domain import provenance as prov
 from esus.domain.fhir import PROVENANCE, RESOURCE_TYPES, now_instant, require_id, validate_resource
@@ -206,6 +206,9 @@ class ResourceService:
             current = self.read(resource_type, resource_id, principal.tenant)
             _check_if_match(if_match, current, resource_type, resource_id)
             assert current.resource is not None
+            import jsonpatch
+            import jsonpointer
+
             try:
                 patched = apply_bounded(current.resource, patch, MAX_RESOURCE_BYTES)
             except jsonpatch.JsonPatchTestFailed as exc:
@@ -408,6 +411,9 @@ SERVER_OWNED_EXACT = ("/meta",)
 
 
 def _json_patch(operations: Any) -> jsonpatch.JsonPatch:
+    import jsonpatch
+    import jsonpointer
+
     if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
         raise InvalidRequest("A JSON Patch document is an array of operations")
     if len(operations) > MAX_PATCH_OPERATIONS:
@@ -431,6 +437,8 @@ def apply_bounded(document: dict[str, Any], patch: jsonpatch.JsonPatch, max_byte
     operation that could take the result past `max_bytes`: each `copy` of /x into /x/- doubles the
     document, so a 1 KB patch would otherwise exhaust memory. `size` is an upper bound grown by what
     each operation inserts; the document is measured again only when that bound reaches the limit."""
+    import jsonpatch
+
     text = _json_text(document)
     patched: Any = json.loads(text)  # a private copy, patched in place (the stored version stays intact)
     size = len(text)
@@ -460,6 +468,8 @@ def _json_text(value: Any) -> str:
 
 def _inserted_size(document: Any, operation: dict[str, Any]) -> int:
     """At most how many bytes `operation` adds to the serialized document."""
+    import jsonpointer
+
     kind = operation.get("op")
     if kind in ("add", "replace"):
         inserted = operation.get("value")

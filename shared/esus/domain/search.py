@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
-
 from esus.domain.fhir import PROVENANCE, RESOURCE_TYPES
 from esus.domain.params import last_value, page_size
 from esus.domain.provenance import recorded_key
@@ -400,6 +398,8 @@ def _last_updated_matches(criterion: Criterion, last_updated: str) -> bool:
 
 @lru_cache(maxsize=64)
 def _summary_elements(resource_type: str) -> frozenset[str]:
+    from fhir.resources.R4B import get_fhir_model_class  # the FHIR models load on first use (cold start)
+
     fields = get_fhir_model_class(resource_type).model_fields.values()
     return frozenset(f.alias for f in fields if f.alias and isinstance(f.json_schema_extra, dict)
                      and f.json_schema_extra.get("summary_element_property"))

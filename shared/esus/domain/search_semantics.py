@@ -17,9 +17,6 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-from fhirpathpy import compile as fhirpath_compile
-from fhirpathpy.models import models as fhirpath_models
-
 from esus.domain.fhir import REFERENCE_PATTERN
 from esus.domain.search_params import SearchParam, params_for
 from esus.errors import InvalidRequest
@@ -48,6 +45,10 @@ MAX_INSTANT = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 # ---------- extraction ----------
 @lru_cache(maxsize=1024)
 def _compiled(expression: str) -> Callable[[Any], list[Any]]:
+    # fhirpathpy (and its ANTLR runtime) loads on the first extraction, not with every function (cold start).
+    from fhirpathpy import compile as fhirpath_compile
+    from fhirpathpy.models import models as fhirpath_models
+
     compiled = fhirpath_compile(expression, fhirpath_models["r4"])
     return lambda resource: list(compiled(resource, None))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import traceback
 from collections.abc import Callable
@@ -17,8 +18,11 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.shared import constants
+from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 
+from esus import snapstart
 from esus.domain.fhir import PROVENANCE, require_type
 from esus.errors import (
     FhirError,
@@ -46,8 +50,10 @@ THROTTLING_CODES = frozenset({
 })
 
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics(namespace="ESUS")
+# The only library ESUS makes outside calls through (patch_all would import and patch sqlite3, requests, httpx and
+# the database drivers it finds, which ESUS never uses, at every cold start).
+XRAY_PATCHED = ("botocore",)
 
 
 def create_app() -> APIGatewayRestResolver:
@@ -98,14 +104,28 @@ def _internal_error(exc: BaseException) -> FhirError:
     return FhirError(f"Internal error. Quote correlation id {correlation} to support.")
 
 
+def tracing_active() -> bool:
+    """Powertools' own rule: trace inside Lambda (not under SAM local or Chalice) unless POWERTOOLS_TRACE_DISABLED."""
+    if resolve_truthy_env_var_choice(env=os.getenv(constants.TRACER_DISABLED_ENV, "false")):
+        return False
+    emulated = os.getenv(constants.SAM_LOCAL_ENV) or os.getenv(constants.CHALICE_LOCAL_ENV)
+    return bool(os.getenv(constants.LAMBDA_TASK_ROOT_ENV)) and not emulated
+
+
 def lambda_entry(app: APIGatewayRestResolver) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
-    @tracer.capture_lambda_handler(capture_response=False)
     @metrics.log_metrics
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return app.resolve(event, context)
 
-    return handler  # type: ignore[no-any-return]
+    traced: Callable[[dict[str, Any], Any], Any] = handler
+    if tracing_active():
+        # Tracer() loads the X-Ray SDK, whose recorder builds an X-Ray client (~150 ms of cold start): only
+        # where it can trace. Created at import, as before, so it patches botocore before any client exists.
+        traced = Tracer(patch_modules=XRAY_PATCHED).capture_lambda_handler(handler, capture_response=False)
+    entry = logger.inject_lambda_context(traced, correlation_id_path=correlation_paths.API_GATEWAY_REST,
+                                         clear_state=True)
+    snapstart.install()  # only in the init Lambda snapshots: prime before it, reset after each restore
+    return entry
 
 
 # ---------- responses ----------

@@ -13,9 +13,6 @@ from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from esus.errors import Forbidden, Unauthorized
 from esus.settings import Settings, get_settings
 
@@ -133,6 +130,8 @@ class KeysUnavailable(Exception):
 
 # Key family per allowed algorithm: a key of the other family is never tried (it would raise TypeError).
 def _fits(alg: str, key: Any) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa  # authorizer only: not in route cold starts
+
     if alg == "RS256":
         return isinstance(key, rsa.RSAPublicKey)
     return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
@@ -218,6 +217,8 @@ def _parse_jwk(jwk: Any) -> _Jwk | None:
     kid, alg = jwk.get("kid"), jwk.get("alg")
     if not isinstance(kid, str | None) or not isinstance(alg, str | None):
         return None
+    import jwt  # authorizer only: not in route cold starts
+
     try:
         key = jwt.PyJWK(jwk).key
     except (jwt.PyJWTError, ValueError, TypeError, KeyError):
@@ -241,6 +242,8 @@ class TokenVerifier:
 
     def verify(self, token: str) -> dict[str, Any]:
         """Claims of a valid token; Unauthorized otherwise; KeysUnavailable when the JWKS cannot be had."""
+        import jwt  # authorizer only: the route functions import this module for Principal (cold start)
+
         invalid = Unauthorized("The bearer token is missing, malformed, expired or not trusted")
         if not token or len(token) > self._s.jwt_max_token_bytes:
             raise invalid

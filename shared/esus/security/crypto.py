@@ -19,11 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from esus.errors import IntegrityFailure, InvalidRequest
 
 HKDF_SALT = b"esus/hkdf-salt/v1"
@@ -110,6 +105,9 @@ class KeyRing:
         if root is None:
             raise IntegrityFailure("Stored data references an unknown key version")
         info = f"esus|{purpose}|tenant={tenant}|kv={key_version}".encode()
+        from cryptography.hazmat.primitives import hashes  # loaded on first use, not at import (cold start)
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=info).derive(root)
         self._derived[cache_key] = derived
         return derived
@@ -135,13 +133,18 @@ class FieldCipher:
     """Envelope: format byte | key-version length | key version | 96-bit nonce | ciphertext+tag."""
 
     def __init__(self, keyring: KeyRing) -> None:
+        # cryptography loads when the services are built (first request), not when a function imports this module.
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._keyring = keyring
+        self._aead, self._invalid_tag = AESGCM, InvalidTag
 
     def encrypt(self, ctx: FieldContext, element: str, plaintext: bytes) -> bytes:
         kv = self._keyring.current_version()
         key = self._keyring.key(ctx.tenant, PURPOSE_FIELD, kv)
         nonce = os.urandom(NONCE_BYTES)
-        sealed = AESGCM(key).encrypt(nonce, plaintext, ctx.aad(element, kv))
+        sealed = self._aead(key).encrypt(nonce, plaintext, ctx.aad(element, kv))
         kv_bytes = kv.encode()
         return bytes([ENVELOPE_FORMAT, len(kv_bytes)]) + kv_bytes + nonce + sealed
 
@@ -157,8 +160,8 @@ class FieldCipher:
         nonce, sealed = envelope[start : start + NONCE_BYTES], envelope[start + NONCE_BYTES :]
         key = self._keyring.key(ctx.tenant, PURPOSE_FIELD, kv)
         try:
-            return AESGCM(key).decrypt(nonce, sealed, ctx.aad(element, kv))
-        except (InvalidTag, ValueError) as exc:
+            return self._aead(key).decrypt(nonce, sealed, ctx.aad(element, kv))
+        except (self._invalid_tag, ValueError) as exc:
             raise IntegrityFailure("Stored data failed its integrity check") from exc
 
 

@@ -1,0 +1,98 @@
+"""Cold start, held by behaviour rather than by a clock: importing a route function loads none of the heavy
+libraries that only some requests need (they load on first use), and the X-Ray SDK loads only where Powertools
+traces. The timings themselves live in the benchmark (`make bench`, docs/BENCH.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from esus.http.api import tracing_active
+from tests.conftest import REPO
+
+FUNCTIONS = sorted(p.parent.name for p in (REPO / "functions").glob("*/app.py"))
+# Deferred to the request that needs them; the comment at each import says why.
+DEFERRED = ("aws_xray_sdk", "wrapt", "pydantic", "pydantic_core", "pydantic_settings", "fhir", "fhir_core",
+            "yaml", "cryptography", "jwt", "fhirpathpy", "antlr4", "jsonpatch", "jsonpointer")
+LAMBDA_VARIABLES = ("LAMBDA_TASK_ROOT", "AWS_SAM_LOCAL", "AWS_CHALICE_CLI_MODE", "POWERTOOLS_TRACE_DISABLED")
+
+PROBE = """
+import importlib.util, json, sys
+deferred = set(sys.argv[2].split(","))
+found = {}
+for name in sys.argv[1].split(","):
+    before = set(sys.modules)
+    spec = importlib.util.spec_from_file_location(f"fn_{name}", f"functions/{name}/app.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    found[name] = sorted({m.split(".")[0] for m in set(sys.modules) - before} & deferred)
+print(json.dumps(found))
+"""
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAMBDA_VARIABLES and not k.startswith("ESUS_")}
+    return {**env, "PYTHONPATH": str(REPO / "shared"), "AWS_DEFAULT_REGION": "us-east-1", **extra}
+
+
+def _probe(code: str, *args: str, env: dict[str, str]) -> dict[str, list[str]]:
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_importing_a_route_function_loads_none_of_the_deferred_libraries() -> None:
+    loaded = _probe(PROBE, ",".join(FUNCTIONS), ",".join(DEFERRED), env=_environment())
+    assert set(loaded) == set(FUNCTIONS)
+    assert {name: mods for name, mods in loaded.items() if mods} == {}
+
+
+def test_the_probe_sees_a_deferred_library_when_one_is_loaded() -> None:
+    """The guard above can fail: a function that imported fhir.resources at top level would be reported."""
+    code = PROBE.replace("before = set(sys.modules)", "before = set(sys.modules); import fhir.resources.R4B")
+    loaded = _probe(code, "read", ",".join(DEFERRED), env=_environment())
+    assert {"fhir", "fhir_core", "pydantic"} <= set(loaded["read"])
+
+
+TRACED_PROBE = """
+import json, sys
+sys.path.insert(0, "functions/create")
+import app
+import botocore.client
+patched = getattr(botocore.client.BaseClient._make_api_call, "__wrapped__", None) is not None
+from aws_xray_sdk.core import patcher
+print(json.dumps({"xray": "aws_xray_sdk.core" in sys.modules, "botocore_patched": patched,
+                  "patched": sorted(patcher._PATCHED_MODULES)}))
+"""
+
+
+def test_in_lambda_the_function_is_traced_and_only_botocore_is_patched() -> None:
+    """Deployments keep X-Ray tracing: with Lambda's LAMBDA_TASK_ROOT set, the Tracer loads at import (before any
+    client exists) and patches botocore, the only library ESUS calls out through."""
+    env = _environment(LAMBDA_TASK_ROOT=str(REPO / "functions" / "create"), AWS_XRAY_CONTEXT_MISSING="IGNORE_ERROR")
+    found = _probe(TRACED_PROBE, env=env)
+    assert found == {"xray": True, "botocore_patched": True, "patched": ["botocore"]}
+
+
+@pytest.mark.parametrize(("variables", "expected"), [
+    ({}, False),
+    ({"LAMBDA_TASK_ROOT": "/var/task"}, True),
+    ({"LAMBDA_TASK_ROOT": "/var/task", "POWERTOOLS_TRACE_DISABLED": "true"}, False),
+    ({"LAMBDA_TASK_ROOT": "/var/task", "POWERTOOLS_TRACE_DISABLED": "0"}, True),
+    ({"LAMBDA_TASK_ROOT": "/var/task", "AWS_SAM_LOCAL": "true"}, False),
+    ({"LAMBDA_TASK_ROOT": "/var/task", "AWS_CHALICE_CLI_MODE": "true"}, False),
+])
+def test_tracing_is_active_exactly_where_powertools_traces(monkeypatch: pytest.MonkeyPatch,
+                                                           variables: dict[str, str], expected: bool) -> None:
+    for name in LAMBDA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert tracing_active() is expected
+    from aws_lambda_powertools.tracing.tracer import Tracer
+
+    assert (not Tracer._is_tracer_disabled()) is expected  # the rule Powertools applies itself
