@@ -166,6 +166,16 @@ def start_stack(tmp_path_factory: pytest.TempPathFactory, **env_overrides: str) 
         process.wait()
 
 
+def references_in(node: Any) -> list[str]:
+    """Every `reference` string anywhere in a resource."""
+    if isinstance(node, dict):
+        own = [node["reference"]] if isinstance(node.get("reference"), str) else []
+        return own + [r for value in node.values() for r in references_in(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in references_in(value)]
+    return []
+
+
 def load_example(name: str) -> dict[str, Any]:
     return json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
 

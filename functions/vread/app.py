@@ -7,15 +7,8 @@ from aws_lambda_powertools.event_handler import Response
 
 from esus.container import services
 from esus.domain.fhir import PROVENANCE
-from esus.http.api import (
-    FhirRequest,
-    create_app,
-    lambda_entry,
-    provenance_version,
-    resource_response,
-    version_headers,
-)
-from esus.http.binary import BINARY, read_response
+from esus.http.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
+from esus.http.binary import read_response
 
 app = create_app()
 
@@ -28,9 +21,7 @@ def vread(resource_type: str, resource_id: str, vid: str) -> Response[Any]:
         record = services().provenance.vread(principal.tenant, resource_id, vid)
         return resource_response(provenance_version(record))
     version = services().resources.vread(resource_type, resource_id, vid, principal.tenant)
-    if resource_type == BINARY:  # the resource or its raw content, by Accept
-        return read_response(request, version, version_headers(version))
-    return resource_response(version)
+    return read_response(request, version)  # a Binary may answer with its raw content (Accept)
 
 
 handler = lambda_entry(app)

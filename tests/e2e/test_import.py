@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, SYNTHEA, RunningStack, new_tenant, start_stack
+from tests.conftest import REPO, SYNTHEA, RunningStack, new_tenant, references_in, start_stack
 
 FULL_CORPUS = os.environ.get("ESUS_FULL_CORPUS", "") not in ("", "0")
 CORPUS = sorted(SYNTHEA.glob("*.json"))
@@ -166,20 +166,11 @@ def test_synthea_import_loads_completely(stack: RunningStack, imported: Imported
         stored_patient = client.get(f"/Patient/{patient['id']}").json()
         stored_encounter = client.get(f"/Encounter/{encounter['id']}").json()
         assert stored_encounter["subject"] == {"reference": f"Patient/{patient['id']}"}
-        references = _references(stored_patient) + _references(stored_encounter)
+        references = references_in(stored_patient) + references_in(stored_encounter)
         assert references and not [r for r in references if r.startswith("urn:")]
         for reference in references:  # each points at an imported resource
             if not reference.startswith("#"):
                 assert client.get(f"/{reference}").status_code == 200, reference
-
-
-def _references(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        own = [node["reference"]] if isinstance(node.get("reference"), str) else []
-        return own + [r for value in node.values() for r in _references(value)]
-    if isinstance(node, list):
-        return [r for value in node for r in _references(value)]
-    return []
 
 
 def test_second_run_without_resume_changes_nothing(stack: RunningStack, imported: Imported, tmp_path: Path) -> None:

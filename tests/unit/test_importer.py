@@ -9,14 +9,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from esus.domain.fhir import validate_resource
 from esus_dev.importer import Entry, FhirClient, RetryPolicy, build_plan, classify
-from tests.conftest import SYNTHEA
+from tests.conftest import SYNTHEA, references_in
 
 CORPUS = sorted(SYNTHEA.glob("*.json"))
 needs_corpus = pytest.mark.skipif(not CORPUS, reason="../shared/synthea is not next to the repo")
@@ -72,17 +71,8 @@ def test_classification_and_plan_deduplication(tmp_path: Path) -> None:
     assert [e.body["gender"] for e in plan.superseded] == ["male"]
 
 
-def _references(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        own = [node["reference"]] if isinstance(node.get("reference"), str) else []
-        return own + [r for value in node.values() for r in _references(value)]
-    if isinstance(node, list):
-        return [r for value in node for r in _references(value)]
-    return []
-
-
 @needs_corpus
-def test_plan_of_the_whole_corpus_sends_each_resource_once_with_resolved_references() -> None:
+def test_plan_of_the_whole_corpus_sends_each_resource_once_with_resolvedreferences_in() -> None:
     """What the full-corpus import sends, read independently of the importer (tests/e2e imports a sample
     over HTTP; `make test-full` imports all of it)."""
     keys: set[tuple[str, str]] = set()
@@ -98,7 +88,7 @@ def test_plan_of_the_whole_corpus_sends_each_resource_once_with_resolved_referen
     assert len(plan.superseded) == entries - len(keys) > 0  # Organizations/Practitioners repeated across files
     planned = {f"{e.resource_type}/{e.resource_id}" for e in plan.entries}
     for entry in plan.entries:  # every Bundle-local reference became Type/id of a planned resource
-        for reference in _references(entry.body):
+        for reference in references_in(entry.body):
             assert not reference.startswith("urn:"), (entry.label, reference)
             if not reference.startswith("#"):  # contained resources aside
                 assert reference in planned, (entry.label, reference)

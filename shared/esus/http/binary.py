@@ -21,7 +21,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 
 from esus.errors import InvalidRequest, Issue, NotAcceptable, UnsupportedMediaType
-from esus.http.api import FhirRequest, fhir_response
+from esus.http.api import FhirRequest, resource_response, version_headers
 from esus.model import Version
 
 BINARY = "Binary"
@@ -63,12 +63,13 @@ def request_body(request: FhirRequest, resource_type: str, resource_id: str | No
                                  resource_id)
 
 
-def read_response(request: FhirRequest, version: Version, headers: dict[str, str]) -> Response[Any]:
-    """A Binary's read or vread: the resource, or its content (see the module docstring)."""
+def read_response(request: FhirRequest, version: Version) -> Response[Any]:
+    """A read or vread: the resource, or for a Binary whose reader's Accept asks for it, its content (see the
+    module docstring)."""
     accept = request.header("Accept")
-    if wants_resource(accept):
-        return fhir_response(200, version.resource, headers)
-    return content_response(version, accept, headers)
+    if version.resource_type != BINARY or wants_resource(accept):
+        return resource_response(version)
+    return content_response(version, accept, version_headers(version))
 
 
 def resource_from_content(content_type: str, content: bytes, security_context: str | None,
