@@ -27,12 +27,13 @@ class ProvenanceService:
         prov.check_client_claims(body)
         now = now_instant()
         record = prov.finalize(prov.attributed(body, self._s, principal, now), str(uuid.uuid4()), now)
-        self._check_targets(principal.tenant, record["target"])
         sort_key = prov.recorded_key(record["recorded"])
         items = [
             self._store.provenance_put(principal.tenant, record, sort_key),
             *(self._store.index_put(e) for e in prov.index_entries(principal.tenant, record, sort_key)),
         ]
+        self._store.require_fits(items)  # a record too big for one write is refused before its targets are read
+        self._check_targets(principal.tenant, record["target"])
         self._store.transact(items, str(uuid.uuid4()))
         return record
 
