@@ -1,4 +1,4 @@
-"""POST /fhir: a transaction Bundle (all or nothing, one DynamoDB transaction) or a batch Bundle."""
+"""POST /fhir: a transaction Bundle (all or nothing: docs/TRANSACTIONS.md) or a batch Bundle."""
 
 from aws_lambda_powertools.event_handler import Response
 
@@ -6,6 +6,7 @@ from esus.container import services
 from esus.domain.provenance import parse_x_provenance
 from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
 from esus.http.bundle_render import response_bundle
+from esus.limits import MAX_BUNDLE_BYTES
 
 app = create_app()
 
@@ -14,7 +15,7 @@ app = create_app()
 def bundle() -> Response[str]:
     request = FhirRequest(app)
     principal = request.principal
-    body = request.json_body()
+    body = request.json_body(max_bytes=MAX_BUNDLE_BYTES)
     x_provenance = parse_x_provenance(request.header("X-Provenance"))
     kind, results = services().bundles.process(principal, body, x_provenance)
     with_resources = request.prefer.get("return") == "representation"

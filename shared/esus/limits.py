@@ -12,6 +12,11 @@ MAX_BODY_BYTES = 1_048_576
 # model validator recurses per level and fails near 240, so anything deeper is refused before it runs.
 MAX_JSON_DEPTH = 100
 MAX_PATCH_OPERATIONS = 100
+# POST [base] Bundles: Lambda takes at most 6 MB per synchronous request (the event's JSON around the body
+# included). A transaction Bundle holds at most MAX_TRANSACTION_ENTRIES entries: what commits well within API
+# Gateway's 29 s on real DynamoDB (the arithmetic is in docs/TRANSACTIONS.md, "Limits").
+MAX_BUNDLE_BYTES = 5_800_000
+MAX_TRANSACTION_ENTRIES = 2_000
 
 
 def parse_json(text: str, what: str) -> Any:

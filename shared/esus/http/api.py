@@ -247,20 +247,20 @@ class FhirRequest:
                                  [Issue("invalid", "malformed If-Match", "If-Match")])
         return int(match.group(1))
 
-    def json_body(self, accepted: tuple[str, ...] = ACCEPTED_CONTENT_TYPES) -> Any:
+    def json_body(self, accepted: tuple[str, ...] = ACCEPTED_CONTENT_TYPES, max_bytes: int = MAX_BODY_BYTES) -> Any:
         content_type = (self.header("Content-Type") or "").split(";")[0].strip().lower()
         if content_type not in accepted:
             raise UnsupportedMediaType(f"Content-Type must be {' or '.join(accepted)}, not '{content_type[:60]}'")
-        text = self._body_text()
+        text = self._body_text(max_bytes)
         if not text.strip():
             raise InvalidRequest("The request body is empty")
         return parse_json(text, "The request body")
 
-    def _body_text(self) -> str:
+    def _body_text(self, max_bytes: int = MAX_BODY_BYTES) -> str:
         body = self._raw.get("body") or ""
         raw = base64.b64decode(body) if self._raw.get("isBase64Encoded") else body.encode()
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes")
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f"The request body exceeds {max_bytes} bytes")
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
