@@ -7,6 +7,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
+from botocore.exceptions import ClientError
+
 from esus.container import services
 from esus.ops.verify import verify_all
 from esus.settings import get_settings
@@ -87,3 +90,145 @@ def test_a_large_transaction_commits_every_entry_and_leaves_no_protocol_state(lo
         assert not [i for i in items if "tx" in i or "txv" in i], table  # no lock or marker left
     report = verify_all(services())
     assert report.ok, report.problems
+
+
+# ---------- crashes at every step of the protocol ----------
+ALL_CALLS = ("get_item", "query", "scan", "batch_get_item", *WRITE_CALLS)
+
+
+class Crash:
+    """Lets the first `survive` write calls through; then the process is gone: every call fails."""
+
+    def __init__(self, local: InProcessStack, survive: int) -> None:
+        import threading
+
+        self.local, self.survive, self.writes, self.dead = local, survive, 0, False
+        self._lock = threading.Lock()
+        for operation in ALL_CALLS:
+            local.ddb.faults[operation] = self._check(operation)
+
+    def _check(self, operation: str) -> Any:
+        def check(_: dict[str, Any]) -> None:
+            with self._lock:
+                if not self.dead and operation in WRITE_CALLS:
+                    self.dead = self.writes >= self.survive
+                    self.writes += 1
+                if self.dead:
+                    raise ClientError({"Error": {"Code": "InternalServerError", "Message": "crashed"}}, operation)
+        return check
+
+    def stop(self) -> None:
+        for operation in ALL_CALLS:
+            self.local.ddb.faults.pop(operation, None)
+
+
+def _setup(local: InProcessStack, tenant: str) -> tuple[str, str, dict[str, Any]]:
+    """An existing Patient (the transaction updates it) and Observation (it deletes it), and the transaction:
+    6 new Patients with an Observation each, a conditional create, the update and the delete."""
+    patient = local.json(local.request("POST", "/Patient", {"resourceType": "Patient", "name": [{"family": "before"}]},
+                                       tenant=tenant))
+    observation = local.json(local.request("POST", "/Observation", {
+        "resourceType": "Observation", "status": "final", "code": {"text": "old"}}, tenant=tenant))
+    bundle = _patients_with_observations(6, "crash")
+    bundle["entry"] += [
+        _entry("PUT", f"Patient/{patient['id']}", {**patient, "name": [{"family": "after"}]}, ifMatch='W/"1"'),
+        _entry("DELETE", f"Observation/{observation['id']}"),
+        _entry("POST", "Organization", {"resourceType": "Organization", "name": "Org",
+                                        "identifier": [{"system": "urn:org", "value": tenant}]},
+               ifNoneExist=f"identifier=urn:org|{tenant}"),
+    ]
+    return patient["id"], observation["id"], bundle
+
+
+def _outcome(local: InProcessStack, tenant: str, pid: str, oid: str) -> str:
+    """'old' or 'new': every reader must agree on one of them (all or nothing)."""
+    def get(path: str) -> Any:
+        result = local.request("GET", path, tenant=tenant)
+        return result.status, (local.json(result) if result.body else None)
+
+    def count(path: str) -> int:
+        status, body = get(path)
+        assert status == 200, (path, body)
+        return len(body.get("entry") or [])
+
+    views = {
+        "read": get(f"/Patient/{pid}")[1]["name"][0]["family"] == "after",
+        "vread": get(f"/Patient/{pid}/_history/2")[0] == 200,
+        "instance history": count(f"/Patient/{pid}/_history") == 2,
+        "deleted": get(f"/Observation/{oid}")[0] == 410,
+        "search listing": count("/Patient?_count=100") == 7,
+        "search by identifier": count("/Patient?identifier=urn:test|crash-2") == 1,
+        "observations": count("/Observation?_count=100") == 6,
+        "conditional create": count(f"/Organization?identifier=urn:org|{tenant}") == 1,
+        "type history": count("/Patient/_history?_count=100") == 8,
+        "system history": count("/_history?_count=100") == 17,
+        "provenance": count(f"/Provenance?target=Patient/{pid}") == 2,
+    }
+    assert len(set(views.values())) == 1, f"readers disagree: {views}"
+    return "new" if views["read"] else "old"
+
+
+def _leftovers(local: InProcessStack, tenant: str) -> int:
+    found = 0
+    for table in ("resources_table", "history_table", "provenance_table", "index_table"):
+        items = local.ddb._client.scan(TableName=getattr(get_settings(), table))["Items"]
+        found += sum(1 for i in items if i["pk"]["S"].startswith(f"{tenant}|") and ("tx" in i or "txv" in i))
+    return found
+
+
+def _later(seconds: float) -> None:
+    import time as clock
+
+    services().store.transactions.clock = lambda: clock.time() + seconds
+
+
+def _protocol_steps(calls: list[str]) -> dict[str, int]:
+    """Where each step of the protocol begins, as the number of write calls before it (docs/TRANSACTIONS.md:
+    intent, stage, commit, roll forward A (current items), roll forward B (markers), finish)."""
+    writes = [c for c in calls if c in WRITE_CALLS]
+    commit = writes.index("update_item")
+    finish = len(writes) - 1
+    wave_b = max(i for i, c in enumerate(writes) if c == "put_item") + 1
+    return {"intent": 0, "stage": 1, "mid-stage": (1 + commit) // 2, "commit": commit,
+            "roll-forward": commit + 1, "mid-roll-forward": (commit + 1 + wave_b) // 2, "markers": wave_b,
+            "finish": finish, "none": len(writes)}
+
+
+STEPS = ("intent", "stage", "mid-stage", "commit", "roll-forward", "mid-roll-forward", "markers", "finish", "none")
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_crash_at_every_step_leaves_all_or_nothing_and_recovery_settles_it(local: InProcessStack, step: str) -> None:
+    pid, oid, bundle = _setup(local, "clean")
+    first = len(local.ddb.calls)
+    assert local.request("POST", "", bundle, tenant="clean").status == 200
+    survive = _protocol_steps(local.ddb.calls[first:])[step]
+    tenant = "crashed"
+    pid, oid, bundle = _setup(local, tenant)
+    crash = Crash(local, survive)
+    result = local.request("POST", "", bundle, tenant=tenant)
+    crash.stop()
+    outcome = _outcome(local, tenant, pid, oid)
+    assert outcome == ("old" if step in ("intent", "stage", "mid-stage", "commit") else "new"), step
+    if result.status == 200:
+        assert outcome == "new"  # a transaction answered as done is done
+    else:
+        assert result.status == 503 and result.headers.get("Retry-After"), result.status
+    leftovers = _leftovers(local, tenant) > 0 or any("fin" not in r for r in _records(local, tenant))
+    assert leftovers == (step not in ("intent", "none"))  # a crash before the intent writes nothing
+    report = verify_all(services(), tenant=tenant)
+    assert report.ok, report.problems  # within the lease: a transaction in progress, not a problem
+    assert (report.tenants[tenant].in_transaction > 0) == leftovers
+    _later(3600)
+    try:
+        report = verify_all(services(), tenant=tenant)
+        assert report.ok == (not leftovers), report.problems
+        assert all("stuck transaction" in p and "esus recover-transactions" in p for p in report.problems)
+        services().store.transactions.sweep(tenant)
+        assert _leftovers(local, tenant) == 0
+        assert all("fin" in r for r in _records(local, tenant))
+        assert _outcome(local, tenant, pid, oid) == outcome  # recovery completes or rolls back, never flips
+        final = verify_all(services(), tenant=tenant)
+        assert final.ok, final.problems
+    finally:
+        _later(0)

@@ -7,7 +7,11 @@
   that failed, are expected (searches re-check every candidate and cleanup is lazy): they are counted
   per tenant as stale, not reported; `--repair-index` writes missing items and deletes stale ones;
 - every history item is in the tenant's change log (type and system level);
-- every sealed element decrypts (tag, key version and AAD all check), current items included.
+- every sealed element decrypts (tag, key version and AAD all check), current items included;
+- no stuck transaction (docs/TRANSACTIONS.md): every unfinished transaction record, lock, placeholder and
+  pending item (history, Provenance, change-log, Provenance index, guard) belongs to a transaction whose
+  lease has not ended. Those of a live transaction are counted (`in_transaction`) and their resources
+  skipped; every other one is reported once per transaction, naming `esus recover-transactions`.
 
 Streaming, in bounded memory (at most one Scan page, or one resource's history page, at a time), in
 three passes that need nothing from one another:
@@ -59,6 +63,7 @@ from esus.storage.store import (
     key_tenant,
     resource_key,
     split_resource_key,
+    transaction_partition,
 )
 
 RECHECKS = 3  # a resource written this often while it is checked is reported as found
@@ -73,6 +78,7 @@ class TenantReport:
     index_items: int = 0
     stale_index_items: int = 0  # search items of older versions or failed writes: harmless, cleaned lazily
     repaired_index_items: int = 0  # with repair: missing items written plus stale items deleted
+    in_transaction: int = 0  # items of a large transaction in progress: skipped, checked once it settled
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -122,6 +128,7 @@ def verify_all(services: Services, tenant: str | None = None, repair_index: bool
     checker.check_resources()
     checker.check_provenance()
     checker.check_index()
+    checker.report_stuck()
     return checker.report
 
 
@@ -141,6 +148,38 @@ class _Checker:
         self.only = tenant
         self.repair_index = repair_index
         self.report = VerifyReport()
+        self.transactions = services.store.transactions
+        self._live: dict[tuple[str, str], bool] = {}
+        self._stuck: Counter[tuple[str, str]] = Counter()
+
+    # ---------- large transactions (docs/TRANSACTIONS.md) ----------
+    def _in_transaction(self, tenant: str, item: dict[str, Any]) -> bool:
+        """Is the item a lock, placeholder or pending item (or an unfinished record)? Those of a live
+        transaction are counted, the others noted as stuck."""
+        txid = item.get("tx")
+        if txid is None:
+            return False
+        key = (tenant, str(txid))
+        if key not in self._live:
+            record = self.transactions.record(tenant, str(txid))
+            self._live[key] = record is not None and not record.finished and \
+                self.transactions.clock() < record.expires
+        if self._live[key]:
+            self.report.tenant(tenant).in_transaction += 1
+        else:
+            self._stuck[key] += 1
+        return True
+
+    def report_stuck(self) -> None:
+        for (tenant, txid), count in sorted(self._stuck.items()):
+            record = self.transactions.record(tenant, txid)
+            if record is None:
+                state = "no record"
+            else:
+                state = record.state + (", finished" if record.finished else ", lease ended")
+            self.report.tenant(tenant).problems.append(
+                f"stuck transaction {txid} ({state}): {count} item(s) locked or pending; run "
+                "`esus recover-transactions`")
 
     # ---------- pass 1: resources, their history, Provenance, change log and index items ----------
     def check_resources(self) -> None:
@@ -148,6 +187,11 @@ class _Checker:
             for item in page:
                 key = str(item["pk"])
                 report = self.report.tenant(key_tenant(key))
+                if self._in_transaction(key_tenant(key), item):
+                    continue  # checked once its transaction settled
+                if "v" not in item:
+                    report.problems.append(f"{key}: a current item with neither a version nor a lock")
+                    continue
                 report.resources += 1
                 problems, versions = self._resource(item)
                 for _ in range(RECHECKS):
@@ -173,9 +217,13 @@ class _Checker:
         current = self._decode(tenant, resource_type, resource_id, item, f"{key} (current item)", problems)
         written = self._write_provenance(tenant, resource_type, resource_id)
         numbers: list[int] = []
+        pending = False  # a version of a transaction not settled yet: the resource is checked once it settled
         for page in self.store.history_pages(tenant, resource_type, resource_id):
             change_log: list[tuple[int, str, tuple[str, str]]] = []
             for version_item in page:
+                if self._in_transaction(tenant, version_item):
+                    pending = True
+                    continue
                 number = int(version_item["v"])
                 numbers.append(number)
                 version = self._decode(tenant, resource_type, resource_id, version_item, f"{key} v{number}", problems)
@@ -192,6 +240,8 @@ class _Checker:
             present = self._index_present(key for _, _, key in change_log)
             problems += [f"{key} v{number}: missing from the {level} change log"
                          for number, level, index_key in change_log if index_key not in present]
+        if pending:
+            return [], len(numbers)
         if numbers != list(range(1, current_number + 1)):
             problems.insert(0, f"{key}: history versions {numbers} are not 1..{current_number}")
         refs = [str(ref) for ref in item.get("idx") or ()]
@@ -256,6 +306,8 @@ class _Checker:
                 key = str(item["pk"])
                 tenant = key_tenant(key)
                 report = self.report.tenant(tenant)
+                if self._in_transaction(tenant, item):
+                    continue
                 report.provenances += 1
                 try:
                     record = self.store.decode_provenance(tenant, item)
@@ -275,7 +327,15 @@ class _Checker:
             searchable: list[IndexEntry] = []
             for item in page:
                 partition, sort = str(item["pk"]), str(item["sk"])
-                self.report.tenant(key_tenant(partition)).index_items += 1
+                tenant = key_tenant(partition)
+                self.report.tenant(tenant).index_items += 1
+                if partition == transaction_partition(tenant):
+                    if not item.get("fin"):  # an unfinished record: live, or stuck
+                        self._in_transaction(tenant, {"sk": sort, "tx": sort})
+                    continue
+                if "tx" in item:
+                    self._in_transaction(tenant, item)
+                    continue
                 if is_search_partition(partition):
                     searchable.append(IndexEntry(partition, sort, parse_sort_key(sort)[0]))
             stale = self._unowned(searchable)
@@ -292,9 +352,11 @@ class _Checker:
             return resource_key(tenant, resource_type, entry.resource_id)
 
         owners = self.store.get_many(self.settings.resources_table, [{"pk": owner(e)} for e in entries],
-                                     attributes=("pk", "idx"))
+                                     attributes=("pk", "idx", "tx"))
         owned = {(str(o["pk"]), str(ref)) for o in owners for ref in o.get("idx") or ()}
-        return [e for e in entries if (owner(e), e.ref) not in owned]
+        # A locked owner's pending version may own items its current `idx` does not list yet.
+        locked = {str(o["pk"]) for o in owners if "tx" in o}
+        return [e for e in entries if (owner(e), e.ref) not in owned and owner(e) not in locked]
 
     def _index_present(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         wanted = [{"pk": partition, "sk": sort} for partition, sort in keys]
