@@ -232,3 +232,189 @@ def test_a_crash_at_every_step_leaves_all_or_nothing_and_recovery_settles_it(loc
         assert final.ok, final.problems
     finally:
         _later(0)
+
+
+def _crashed_at(local: InProcessStack, tenant: str, step: str) -> tuple[str, str]:
+    """A transaction in `tenant` whose committer died at `step`: its locks and pending items remain."""
+    _, _, clean = _setup(local, f"{tenant}-clean")
+    first = len(local.ddb.calls)
+    assert local.request("POST", "", clean, tenant=f"{tenant}-clean").status == 200
+    survive = _protocol_steps(local.ddb.calls[first:])[step]
+    pid, oid, bundle = _setup(local, tenant)
+    crash = Crash(local, survive)
+    local.request("POST", "", bundle, tenant=tenant)
+    crash.stop()
+    return pid, oid
+
+
+def _put_name(local: InProcessStack, tenant: str, pid: str, family: str, if_match: str | None = None) -> Any:
+    current = local.json(local.request("GET", f"/Patient/{pid}", tenant=tenant))
+    headers = {"If-Match": if_match} if if_match else None
+    return local.request("PUT", f"/Patient/{pid}", {**current, "name": [{"family": family}]}, tenant=tenant,
+                         headers=headers)
+
+
+def test_a_writer_never_overwrites_a_pending_transaction_and_settles_it_after_the_lease(local: InProcessStack) -> None:
+    pid, oid = _crashed_at(local, "w", "commit")  # pending: locks held, never committed
+    assert _outcome(local, "w", pid, oid) == "old"
+    result = _put_name(local, "w", pid, "writer")
+    assert result.status == 409 and result.headers["Retry-After"]  # waited, then gave up: nothing stored
+    assert local.json(local.request("GET", f"/Patient/{pid}", tenant="w"))["meta"]["versionId"] == "1"
+    _later(3600)  # the committer is gone for good: the next writer aborts the transaction and proceeds
+    try:
+        result = _put_name(local, "w", pid, "writer", 'W/"1"')
+        assert result.status == 200, result.body[:300]
+        assert local.json(result)["meta"]["versionId"] == "2"  # serialised before the (aborted) transaction
+        assert local.json(local.request("GET", "/Patient?_count=100", tenant="w"))["total"] == 1
+        assert local.request("GET", f"/Observation/{oid}", tenant="w").status == 200
+        assert _leftovers(local, "w") == 0 and all("fin" in r for r in _records(local, "w"))
+        report = verify_all(services(), tenant="w")
+        assert report.ok, report.problems
+    finally:
+        _later(0)
+
+
+def test_a_writer_meeting_a_committed_transaction_serialises_after_it(local: InProcessStack) -> None:
+    pid, oid = _crashed_at(local, "c", "roll-forward")  # committed; no item rolled forward yet
+    assert _outcome(local, "c", pid, oid) == "new"
+    stale = _put_name(local, "c", pid, "late", 'W/"1"')
+    assert stale.status == 412 and stale.headers["ETag"] == 'W/"2"'  # the transaction's version is current
+    result = _put_name(local, "c", pid, "writer", 'W/"2"')
+    assert result.status == 200, result.body[:300]
+    assert local.json(result)["meta"]["versionId"] == "3"
+    history = local.json(local.request("GET", f"/Patient/{pid}/_history", tenant="c"))
+    assert [e["resource"]["name"][0]["family"] for e in history["entry"]] == ["writer", "after", "before"]
+    _later(3600)
+    try:
+        services().store.transactions.sweep("c")
+        assert _leftovers(local, "c") == 0
+        report = verify_all(services(), tenant="c")
+        assert report.ok, report.problems
+        assert local.json(local.request("GET", f"/Patient/{pid}", tenant="c"))["name"][0]["family"] == "writer"
+    finally:
+        _later(0)
+
+
+def test_a_large_transaction_meeting_another_ones_lock_aborts_itself(local: InProcessStack) -> None:
+    pid, oid = _crashed_at(local, "b", "commit")
+    patient = local.json(local.request("GET", f"/Patient/{pid}", tenant="b"))
+    bundle = _patients_with_observations(6, "second")
+    bundle["entry"].append(_entry("PUT", f"Patient/{pid}", {**patient, "gender": "other"}))
+    result = local.request("POST", "", bundle, tenant="b")
+    assert result.status == 409 and result.headers["Retry-After"]
+    assert local.json(local.request("GET", "/Patient?identifier=urn:test|second-1", tenant="b"))["total"] == 0
+    records = _records(local, "b")
+    assert len(records) == 2 and sum(1 for r in records if "fin" in r and r["st"]["S"] == "aborted") == 1
+
+
+def test_plain_reads_cost_one_round_trip_and_more_only_when_they_meet_a_lock(local: InProcessStack) -> None:
+    def read_calls(tenant: str, pid: str) -> list[str]:
+        first = len(local.ddb.calls)
+        assert local.request("GET", f"/Patient/{pid}", tenant=tenant).status == 200
+        return [c for c in local.ddb.calls[first:] if c != "get_secret_value"]
+
+    free = local.json(local.request("POST", "/Patient", {"resourceType": "Patient"}, tenant="r"))["id"]
+    assert read_calls("r", free) == ["get_item"]
+    pid, _ = _crashed_at(local, "r", "commit")
+    assert read_calls("r", pid) == ["get_item", "get_item"]  # the item, then its transaction's record
+    pid, _ = _crashed_at(local, "r2", "roll-forward")
+    assert read_calls("r2", pid) == ["get_item", "get_item", "get_item"]  # + the pending version
+
+
+def test_recovery_that_crashes_is_completed_by_the_next_one(local: InProcessStack) -> None:
+    pid, oid = _crashed_at(local, "rc", "roll-forward")
+    _later(3600)
+    try:
+        crash = Crash(local, 3)
+        with pytest.raises(ClientError):
+            services().store.transactions.sweep("rc")
+        crash.stop()
+        assert _outcome(local, "rc", pid, oid) == "new"
+        services().store.transactions.sweep("rc")
+        assert _leftovers(local, "rc") == 0
+        assert verify_all(services(), tenant="rc").ok
+    finally:
+        _later(0)
+
+
+# ---------- all or nothing, limits ----------
+def test_150_entries_with_an_invalid_one_at_140_store_nothing_anywhere(local: InProcessStack) -> None:
+    bundle = _patients_with_observations(75, "invalid")
+    bundle["entry"][140]["resource"]["birthDate"] = "not-a-date"
+    result = local.request("POST", "", bundle, tenant="inv")
+    assert result.status == 400
+    assert "Bundle.entry[140]" in result.body.decode() or "birthDate" in result.body.decode()
+    for path in ("/Patient?_count=10", "/Patient/_history", "/_history", "/Observation?_count=10"):
+        assert not local.json(local.request("GET", path, tenant="inv")).get("entry"), path
+    for table in ("resources_table", "history_table", "provenance_table", "index_table"):
+        items = local.ddb._client.scan(TableName=getattr(get_settings(), table))["Items"]
+        assert not [i for i in items if i["pk"]["S"].startswith("inv|")], table
+
+
+def test_a_transaction_over_the_entry_limit_is_a_413_naming_the_limit(local: InProcessStack) -> None:
+    from esus.limits import MAX_TRANSACTION_ENTRIES
+
+    basic = _entry("POST", "Basic", {"resourceType": "Basic", "code": {"text": "x"}})
+    entries = [basic] * (MAX_TRANSACTION_ENTRIES + 1)
+    result = local.request("POST", "", _transaction(entries), tenant="lim")
+    assert result.status == 413
+    diagnostics = local.json(result)["issue"][0]["diagnostics"]
+    assert f"at most {MAX_TRANSACTION_ENTRIES} entries" in diagnostics and "Nothing was stored" in diagnostics
+    assert not _records(local, "lim")
+
+
+# ---------- conditional URLs and references ----------
+def test_conditional_update_and_delete_urls_in_a_transaction(local: InProcessStack) -> None:
+    org = local.json(local.request("POST", "/Organization", {
+        "resourceType": "Organization", "name": "A", "identifier": [{"system": "urn:o", "value": "1"}]}))
+    gone = local.json(local.request("POST", "/Organization", {
+        "resourceType": "Organization", "name": "B", "identifier": [{"system": "urn:o", "value": "2"}]}))
+    bundle = _transaction([
+        _entry("PUT", "Organization?identifier=urn:o|1", {"resourceType": "Organization", "name": "A2",
+                                                           "identifier": [{"system": "urn:o", "value": "1"}]}),
+        _entry("PUT", "Organization?identifier=urn:o|3", {"resourceType": "Organization", "name": "C",
+                                                           "identifier": [{"system": "urn:o", "value": "3"}]}),
+        _entry("DELETE", "Organization?identifier=urn:o|2"),
+        _entry("DELETE", "Organization?identifier=urn:o|9"),
+    ])
+    result = local.request("POST", "", bundle)
+    assert result.status == 200, result.body[:400]
+    statuses = [e["response"]["status"] for e in local.json(result)["entry"]]
+    assert statuses == ["200 OK", "201 Created", "204 No Content", "204 No Content"]
+    assert local.json(local.request("GET", f"/Organization/{org['id']}"))["name"] == "A2"
+    assert local.request("GET", f"/Organization/{gone['id']}").status == 410
+    assert local.json(local.request("GET", "/Organization?identifier=urn:o|3"))["total"] == 1
+    local.request("POST", "/Organization", {"resourceType": "Organization", "name": "A-twin",
+                                           "identifier": [{"system": "urn:o", "value": "1"}]})
+    ambiguous = local.request("POST", "", _transaction([
+        _entry("PUT", "Organization?identifier=urn:o|1", {"resourceType": "Organization", "name": "X"})]))
+    assert ambiguous.status == 412 and "Bundle.entry[0]" in local.json(ambiguous)["issue"][0]["diagnostics"]
+
+
+def test_conditional_references_resolve_to_stored_and_in_bundle_resources(local: InProcessStack) -> None:
+    stored = local.json(local.request("POST", "/Practitioner", {
+        "resourceType": "Practitioner", "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "99"}]}))
+    org_urn = f"urn:uuid:{uuid.uuid4()}"
+    bundle = _patients_with_observations(6, "refs")  # large: the protocol path
+    bundle["entry"] += [
+        _entry("POST", "Organization", {"resourceType": "Organization", "name": "Clinic",
+                                        "identifier": [{"system": "https://synthea", "value": "org-7"}]}, org_urn,
+               ifNoneExist="identifier=https://synthea|org-7"),
+        _entry("POST", "Encounter", {
+            "resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "subject": {"reference": bundle["entry"][0]["fullUrl"]},
+            "serviceProvider": {"reference": "Organization?identifier=https://synthea|org-7"},
+            "participant": [{"individual": {
+                "reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|99"}}]}),
+    ]
+    result = local.request("POST", "", bundle)
+    assert result.status == 200, result.body[:400]
+    locations = [e["response"]["location"].rsplit("/_history", 1)[0] for e in local.json(result)["entry"]]
+    encounter = local.json(local.request("GET", f"/{locations[-1]}"))
+    assert encounter["serviceProvider"] == {"reference": locations[-2]}
+    assert encounter["participant"][0]["individual"] == {"reference": f"Practitioner/{stored['id']}"}
+    assert encounter["subject"] == {"reference": locations[0]}
+    missing = local.request("POST", "", _transaction([_entry("POST", "Encounter", {
+        "resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+        "serviceProvider": {"reference": "Organization?identifier=https://synthea|nope"}})]))
+    assert missing.status == 412 and "matches no resource" in local.json(missing)["issue"][0]["diagnostics"]
