@@ -1,4 +1,5 @@
-"""`esus`: run the local stack, mint dev tokens, rotate the PHI root key, re-encrypt old items.
+"""`esus`: run the local stack, mint dev tokens, rotate the PHI root key, re-encrypt old items, recover
+large transactions.
 
 Exit codes: 0 success; 1 the command ran and found problems (verify, reencrypt, import failures);
 2 it could not run (bad usage, no local stack, unreachable endpoint, credentials, missing data).
@@ -169,6 +170,19 @@ def cmd_verify(args: argparse.Namespace) -> None:
     sys.exit(1)
 
 
+def cmd_recover_transactions(args: argparse.Namespace) -> None:
+    """The sweeper (docs/TRANSACTIONS.md): completes every large transaction whose lease ended."""
+    from esus.container import build_services
+
+    settings, endpoint = _target(args)
+    services = build_services(settings, _client("dynamodb", endpoint), _client("secretsmanager", endpoint))
+    report = services.store.transactions.sweep(args.tenant)
+    for line in report.transactions:
+        print(f"  {line}")
+    print(f"Recovered {report.rolled_forward + report.rolled_back} transaction(s): {report.rolled_forward} rolled "
+          f"forward (committed), {report.rolled_back} rolled back; {report.live} in progress left alone.")
+
+
 def cmd_import(args: argparse.Namespace) -> None:
     from esus_dev import importer
 
@@ -241,8 +255,12 @@ def main(argv: list[str] | None = None) -> None:
         ("rotate-key", cmd_rotate_key, "add a new PHI root-key version and make it current"),
         ("reencrypt", cmd_reencrypt, "re-encrypt items sealed under older root-key versions"),
         ("verify", cmd_verify, "check the integrity invariants across all tables"),
+        ("recover-transactions", cmd_recover_transactions,
+         "complete large transactions whose lease ended (roll forward if committed, else back)"),
     ):
         command = sub.add_parser(name, help=text)
+        if name == "recover-transactions":
+            command.add_argument("--tenant", default=None, help="only this tenant's transactions")
         if name == "verify":
             command.add_argument("--tenant", default=None, help="only this tenant's items")
             command.add_argument("--repair-index", action="store_true",
@@ -271,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="send every entry, even those an earlier run finished")
     load.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
     load.add_argument("--json", action="store_true", help="print the summary as JSON")
+    load.add_argument("--atomic", action="store_true",
+                      help="send each transaction Bundle as ONE transaction (all its entries or none)")
     _port_option(load)
     load.set_defaults(func=cmd_import)
 
