@@ -17,6 +17,7 @@ from esus_dev.bench.machine import describe_machine, load_average
 from esus_dev.bench.render import render
 from esus_dev.bench.report import Report
 from esus_dev.bench.scenario import INTERACTIONS
+from esus_dev.bench.transactions import SIZES, transactions_phase
 from esus_dev.bench.warm import warm_phase
 
 DEFAULT_ITERATIONS = 50
@@ -45,6 +46,14 @@ def run(args: argparse.Namespace) -> Report:
             cold_phase(client, report, args.cold_repeats)
             _progress("crypto")
             crypto_phase(report, args.crypto_seconds)
+            if args.transaction_sizes:
+                import boto3
+
+                from esus.container import AWS_CONFIG
+
+                _progress(f"transactions: {args.transaction_sizes} entries, and reads meeting locks")
+                raw_ddb = boto3.session.Session().client("dynamodb", config=AWS_CONFIG)
+                transactions_phase(client, report, raw_ddb, tuple(args.transaction_sizes))
         finally:
             if stack.moto is not None:
                 stack.moto.stop()
@@ -68,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"fresh subprocesses per function (default {DEFAULT_COLD_REPEATS})")
     parser.add_argument("--crypto-seconds", type=float, default=DEFAULT_CRYPTO_SECONDS,
                         help=f"time per crypto operation (default {DEFAULT_CRYPTO_SECONDS})")
+    parser.add_argument("--transaction-sizes", type=int, nargs="*", default=list(SIZES), metavar="N",
+                        help=f"transaction Bundle sizes to measure (default {' '.join(map(str, SIZES))}; none: skip)")
     parser.add_argument("--write", metavar="PATH", help="also write the report (markdown) to PATH")
     parser.add_argument("--cold-child", help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)
