@@ -479,6 +479,10 @@ class TransactionStore:
         raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "batch write"}},
                           "BatchWriteItem")
 
+    def _get(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        item = self._ddb.get_item(TableName=table, Key=_item(key), ConsistentRead=True).get("Item")
+        return _plain(item) if item else None
+
     # ---------- records ----------
     def _record_key(self, tenant: str, txid: str) -> dict[str, Any]:
         return {"pk": _av(transaction_partition(tenant)), "sk": _av(txid)}
@@ -534,12 +538,11 @@ class TransactionStore:
         if locked.table == s.index_table:  # a guard
             self._release_guard(str(locked.key["pk"]), locked.txid, None, keep=True)
             return
-        found = self._store.get_many(s.resources_table, [{"pk": locked.key["pk"]}])
-        if not found or found[0].get("tx") != locked.txid:
+        current = self._get(s.resources_table, {"pk": locked.key["pk"]})
+        if current is None or current.get("tx") != locked.txid:
             return
-        pending = self._store.get_many(s.history_table, [{"pk": locked.key["pk"], "v": found[0]["txv"]}])
-        if pending and pending[0].get("tx") == locked.txid:
-            history = pending[0]
+        history = self._get(s.history_table, {"pk": locked.key["pk"], "v": current["txv"]})
+        if history is not None and history.get("tx") == locked.txid:
             final = {k: history.get(k) for k in ("pk", "v", "del", "lu", "doc", "phi", "idx")}
             record = self.record(locked.tenant, locked.txid)
             expires = record.expires if record else math.ceil(self.clock())
@@ -548,13 +551,13 @@ class TransactionStore:
     def _release_stray(self, locked: Locked) -> None:
         s = self._s
         if locked.table == s.index_table:
-            found = self._store.get_many(s.index_table, [locked.key])
-            if found and found[0].get("tx") == locked.txid:
-                self._release_guard(str(locked.key["pk"]), locked.txid, found[0].get("prev"), keep=False)
+            guard = self._get(s.index_table, locked.key)
+            if guard is not None and guard.get("tx") == locked.txid:
+                self._release_guard(str(locked.key["pk"]), locked.txid, guard.get("prev"), keep=False)
             return
-        found = self._store.get_many(s.resources_table, [{"pk": locked.key["pk"]}])
-        if found and found[0].get("tx") == locked.txid:
-            if "v" in found[0]:
+        found = self._get(s.resources_table, {"pk": locked.key["pk"]})
+        if found is not None and found.get("tx") == locked.txid:
+            if "v" in found:
                 self._unlock(str(locked.key["pk"]), locked.txid)
             else:
                 self._delete_if_marked(s.resources_table, {"pk": locked.key["pk"]}, locked.txid)
