@@ -1,4 +1,4 @@
-"""POST /fhir: a transaction Bundle (all or nothing, one DynamoDB transaction) or a batch Bundle."""
+"""POST /fhir: a transaction Bundle (all or nothing: docs/TRANSACTIONS.md) or a batch Bundle."""
 
 from aws_lambda_powertools.event_handler import Response
 

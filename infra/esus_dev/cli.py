@@ -1,5 +1,5 @@
-"""`esus`: run the local stack, mint dev tokens, rotate the PHI root key, re-encrypt old items, check integrity and
-remove orphaned objects.
+"""`esus`: run the local stack, mint dev tokens, rotate the PHI root key, re-encrypt old items, check integrity,
+remove orphaned objects and recover large transactions.
 
 Exit codes: 0 success; 1 the command ran and found problems (verify, reencrypt, import failures);
 2 it could not run (bad usage, no local stack, unreachable endpoint, credentials, missing data).
@@ -205,6 +205,16 @@ def cmd_cleanup_objects(args: argparse.Namespace) -> None:
           f"than {args.min_age_minutes} minutes.")
 
 
+def cmd_recover_transactions(args: argparse.Namespace) -> None:
+    """The sweeper (docs/TRANSACTIONS.md): completes every large transaction whose lease ended."""
+    settings, endpoint = _target(args)
+    report = _services(settings, endpoint).store.transactions.sweep(args.tenant)
+    for line in report.transactions:
+        print(f"  {line}")
+    print(f"Recovered {report.rolled_forward + report.rolled_back} transaction(s): {report.rolled_forward} rolled "
+          f"forward (committed), {report.rolled_back} rolled back; {report.live} in progress left alone.")
+
+
 def cmd_import(args: argparse.Namespace) -> None:
     from esus_dev import importer
 
@@ -282,8 +292,12 @@ def main(argv: list[str] | None = None) -> None:
         ("verify", cmd_verify, "check the integrity invariants across all tables and the object bucket"),
         ("cleanup-objects", cmd_cleanup_objects, "remove orphaned objects: bodies of writes that failed before "
                                                  "their transaction"),
+        ("recover-transactions", cmd_recover_transactions,
+         "complete large transactions whose lease ended (roll forward if committed, else back)"),
     ):
         command = sub.add_parser(name, help=text)
+        if name == "recover-transactions":
+            command.add_argument("--tenant", default=None, help="only this tenant's transactions")
         if name in ("verify", "cleanup-objects"):
             command.add_argument("--min-age-minutes", type=int, default=60,
                                  help="an object no item points to is an orphan once this old; a younger one may "
@@ -319,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="send every entry, even those an earlier run finished")
     load.add_argument("--progress", action="store_true", help="show progress even when stderr is not a TTY")
     load.add_argument("--json", action="store_true", help="print the summary as JSON")
+    load.add_argument("--atomic", action="store_true",
+                      help="send each transaction Bundle as ONE transaction (all its entries or none)")
     _port_option(load)
     load.set_defaults(func=cmd_import)
 

@@ -12,6 +12,9 @@
   before the PUT and comparing it with the ETag the PUT returns (see `classify`).
 - Resumable: finished entries (file, Type/id, content hash) are saved per destination in a state
   file, flushed every few seconds, at the end and on Ctrl-C, and skipped by the next run.
+- `--atomic`: each transaction Bundle is sent as ONE transaction (its entries as `PUT Type/id` under the
+  same ids, references rewritten the same way), so it is stored entirely or not at all
+  (docs/TRANSACTIONS.md). A Bundle with an unreadable entry is not sent. Other files load as above.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -226,27 +229,57 @@ def content_digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Group:
+    """A transaction Bundle sent whole (--atomic): its entries are stored together or not at all."""
+
+    source: Path
+    entries: tuple[Entry, ...]
+
+
 @dataclass
 class Plan:
     files: int
     entries: list[Entry]  # one per Type/id: its last occurrence in input order
     superseded: list[Entry]  # earlier occurrences, not sent
     unreadable: list[Unreadable]
+    groups: list[Group] = field(default_factory=list)  # --atomic: one transaction per Bundle
 
 
-def build_plan(paths: Iterable[Path]) -> Plan:
+def is_transaction_bundle(path: Path) -> bool:
+    if path.suffix.lower() in NDJSON_SUFFIXES:
+        return False
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("resourceType") == "Bundle" and \
+        document.get("type") == "transaction"
+
+
+def build_plan(paths: Iterable[Path], atomic: bool = False) -> Plan:
     files = discover(paths)
     latest: dict[str, Entry] = {}
     superseded: list[Entry] = []
     unreadable: list[Unreadable] = []
+    groups: list[Group] = []
     for path in files:
         entries, problems = read_source(path)
         unreadable += problems
+        if atomic and is_transaction_bundle(path):
+            if problems:  # all or nothing: a transaction with an entry that cannot be sent is not sent
+                unreadable.append(Unreadable(path, 0, f"not sent: {len(problems)} entry(ies) of this transaction "
+                                                      "cannot be sent (--atomic sends all or nothing)"))
+                continue
+            own = {entry.key: entry for entry in entries}  # the same Type/id twice: the last one
+            superseded += [e for e in entries if own[e.key] is not e]
+            groups.append(Group(path, tuple(own.values())))
+            continue
         for entry in entries:
             if entry.key in latest:
                 superseded.append(latest.pop(entry.key))
             latest[entry.key] = entry
-    return Plan(len(files), list(latest.values()), superseded, unreadable)
+    return Plan(len(files), list(latest.values()), superseded, unreadable, groups)
 
 
 # ---------- resumability ----------
@@ -393,6 +426,40 @@ class FhirClient:
             raise RequestFailed(response.status_code, diagnostics(response))
         return response.status_code, etag_version(response)
 
+    def current_versions(self, entries: Iterable[Entry]) -> dict[str, int]:
+        """Type/id -> current version of those that exist: one search by `_id` per type and 50 ids."""
+        by_type: dict[str, list[str]] = {}
+        for entry in entries:
+            by_type.setdefault(entry.resource_type, []).append(entry.resource_id)
+        found: dict[str, int] = {}
+        for resource_type, ids in by_type.items():
+            for start in range(0, len(ids), 50):
+                chunk = ids[start : start + 50]
+                response = self._send("GET", f"/{resource_type}", params={"_id": ",".join(chunk),
+                                                                          "_count": str(len(chunk))})
+                if response.status_code != 200:
+                    raise RequestFailed(response.status_code, f"read before write: {diagnostics(response)}")
+                for item in response.json().get("entry") or []:
+                    resource = item.get("resource") or {}
+                    found[f"{resource_type}/{resource.get('id')}"] = int(resource["meta"]["versionId"])
+        return found
+
+    def transaction(self, entries: Sequence[Entry], provenance: str) -> list[tuple[int, int | None]]:
+        """POST one transaction Bundle of `PUT Type/id` entries -> (status, version) per entry, in order."""
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": e.body, "request": {"method": "PUT", "url": e.key}} for e in entries]}
+        base = str(self._http.base_url).rstrip("/")  # POST [base] itself ("" would add a trailing slash)
+        response = self._send("POST", base, content=json.dumps(bundle).encode(), headers={
+            "Content-Type": FHIR_JSON, "X-Provenance": provenance})
+        if response.status_code != 200:
+            raise RequestFailed(response.status_code, diagnostics(response))
+        results = []
+        for item in response.json().get("entry") or []:
+            answer = item.get("response") or {}
+            digits = str(answer.get("etag", "")).removeprefix("W/").strip('"')
+            results.append((int(str(answer.get("status", "0")).split()[0]), int(digits) if digits.isdigit() else None))
+        return results
+
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self._policy.retries + 1):
             last_try = attempt == self._policy.retries
@@ -443,6 +510,19 @@ def classify(before: int | None, status: int, after: int | None) -> str:
     return UNCHANGED if after == before else UPDATED
 
 
+def import_group(client: FhirClient, group: Group, provenance: str) -> list[Outcome]:
+    """One transaction Bundle as one transaction: every entry's outcome, or the same failure for all."""
+    try:
+        before = client.current_versions(group.entries)
+        results = client.transaction(group.entries, provenance)
+    except RequestFailed as exc:
+        return [Outcome(entry, FAILED, exc.status, f"transaction not stored: {exc.reason}") for entry in group.entries]
+    except Interrupted:
+        return [Outcome(entry, NOT_SENT) for entry in group.entries]
+    return [Outcome(entry, classify(before.get(entry.key), status, after), status)
+            for entry, (status, after) in zip(group.entries, results, strict=True)]
+
+
 def import_entry(client: FhirClient, entry: Entry, provenance: str) -> Outcome:
     try:
         before = client.current_version(entry.key)
@@ -468,6 +548,7 @@ class ImportConfig:
     resume: bool = True
     progress: bool = False
     timeout: float = 60.0
+    atomic: bool = False  # each transaction Bundle as one transaction
 
 
 @dataclass(frozen=True)
@@ -583,8 +664,9 @@ class Run:
     stop: threading.Event = field(default_factory=threading.Event)
     finished: int = 0
 
-    def execute(self, todo: list[Entry]) -> None:
-        headers = {source: provenance_header(source, self.config.tenant) for source in {e.source for e in todo}}
+    def execute(self, todo: list[Entry], groups: Sequence[Group] = ()) -> None:
+        sources = {e.source for e in todo} | {g.source for g in groups}
+        headers = {source: provenance_header(source, self.config.tenant) for source in sources}
         policy = RetryPolicy(retries=self.config.retries)
         with (
             graceful_interrupt(self.stop),
@@ -592,8 +674,9 @@ class Run:
                        self.config.timeout) as client,
             ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="esus-import") as pool,
         ):
-            remaining: set[Future[Outcome]] = {
-                pool.submit(import_entry, client, entry, headers[entry.source]) for entry in todo}
+            remaining: set[Future[Outcome | list[Outcome]]] = {
+                pool.submit(import_group, client, group, headers[group.source]) for group in groups}
+            remaining |= {pool.submit(import_entry, client, entry, headers[entry.source]) for entry in todo}
             while remaining and not self.stop.is_set():
                 done, remaining = wait(remaining, timeout=0.25, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -606,7 +689,11 @@ class Run:
                 if not future.cancelled():
                     self.record(future.result())
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: Outcome | list[Outcome]) -> None:
+        if isinstance(outcome, list):
+            for one in outcome:
+                self.record(one)
+            return
         self.finished += 1
         self.summary.counts[outcome.result] += 1
         if outcome.result == FAILED:
@@ -621,21 +708,23 @@ class Run:
 
 def run_import(config: ImportConfig, progress_stream: TextIO | None = None) -> Summary:
     started = time.monotonic()
-    plan = build_plan(config.paths)
+    plan = build_plan(config.paths, config.atomic)
     state = ImportState.load(config.state_file, config.target)
     todo = [e for e in plan.entries if not (config.resume and state.is_done(e))]
-    if todo:
-        preflight(config, todo[0].key)
-    summary = Summary(files=plan.files, resources=len(plan.entries), skipped=len(plan.entries) - len(todo),
-                      superseded=len(plan.superseded))
+    groups = [g for g in plan.groups if not (config.resume and all(state.is_done(e) for e in g.entries))]
+    sent = len(todo) + sum(len(g.entries) for g in groups)
+    total = len(plan.entries) + sum(len(g.entries) for g in plan.groups)
+    if todo or groups:
+        preflight(config, (todo or list(groups[0].entries))[0].key)
+    summary = Summary(files=plan.files, resources=total, skipped=total - sent, superseded=len(plan.superseded))
     summary.failures += [Failure(u.label, None, u.reason) for u in plan.unreadable]
-    progress = Progress(len(todo), progress_stream or sys.stderr, config.progress)
+    progress = Progress(sent, progress_stream or sys.stderr, config.progress)
     run = Run(config, state, summary, progress)
     try:
-        run.execute(todo)
+        run.execute(todo, groups)
         if run.stop.is_set() and not summary.stopped:
             summary.stopped, summary.by_user = "interrupted (Ctrl-C / SIGTERM); finished entries are saved", True
-        summary.counts[NOT_SENT] += len(todo) - run.finished  # cancelled before they started
+        summary.counts[NOT_SENT] += sent - run.finished  # cancelled before they started
     finally:
         state.flush()
         progress.close(run.finished, summary.counts)
@@ -696,7 +785,7 @@ def config_from_args(args: argparse.Namespace, dev_dir: Path) -> ImportConfig:
         paths=tuple(Path(p) for p in args.paths), base_url=base_url, token=token, tenant=tenant, target=target,
         state_file=Path(args.state_file) if args.state_file else dev_dir / "import-state.json",
         concurrency=args.concurrency, retries=args.retries, resume=args.resume,
-        progress=args.progress or sys.stderr.isatty(), timeout=args.timeout,
+        progress=args.progress or sys.stderr.isatty(), timeout=args.timeout, atomic=getattr(args, "atomic", False),
     )
 
 

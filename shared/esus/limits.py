@@ -26,6 +26,10 @@ MAX_RESOURCE_BYTES = MAX_REPRESENTATION_BYTES - 16 * 1024
 # model validator recurses per level and fails near 240, so anything deeper is refused before it runs.
 MAX_JSON_DEPTH = 100
 MAX_PATCH_OPERATIONS = 100
+# A transaction Bundle holds at most MAX_TRANSACTION_ENTRIES entries: what commits well within API Gateway's
+# 29 s on real DynamoDB (the arithmetic is in docs/TRANSACTIONS.md, "Limits"). Its body, like any, is at most
+# Settings.max_body_bytes (Lambda's 6 MB request).
+MAX_TRANSACTION_ENTRIES = 2_000
 
 
 def parse_json(text: str, what: str) -> Any:

@@ -64,6 +64,9 @@ class Settings:
     # a search without a narrowing parameter may filter; beyond either, a 400 asks to narrow the search.
     search_candidates_max: int = Field(default=5000, ge=100)
     search_scan_max: int = Field(default=2000, ge=100)
+    # Large transaction Bundles (docs/TRANSACTIONS.md): a transaction whose lease ended may be aborted or
+    # completed by others. Must exceed the Bundle function's timeout plus the SDK's retry budget.
+    transaction_lease_seconds: int = Field(default=60, ge=1, le=900)
 
     # Hashed-index token length per field, in bits (see README "Hashed indexes").
     token_bits_phone: int = Field(default=16, ge=8, le=256)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,12 +19,15 @@ from tests.conftest import REPO
 
 
 class FaultyClient:
-    """Wraps a boto3 client; `faults[operation]` is called before the real call and may raise."""
+    """Wraps a boto3 client; `faults[operation]` is called before the real call and may raise. Calls are
+    serialised, as the local stack does: moto is not atomic across threads (DynamoDB is), and writes run
+    concurrently (index items beside a transaction, the waves of a large transaction)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self.faults: dict[str, Callable[[dict[str, Any]], None]] = {}
         self.calls: list[str] = []
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._client, name)
@@ -35,7 +39,8 @@ class FaultyClient:
             fault = self.faults.get(name)
             if fault:
                 fault(kwargs)
-            return real(**kwargs)
+            with self._lock:
+                return real(**kwargs)
 
         return call
 

@@ -396,10 +396,147 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     status, body, _ = deployed.request("BundleFunction", "POST", "/fhir", "/fhir", None, body=batch)
     assert status == 200 and [e["response"]["status"][:3] for e in body["entry"]] == ["200", "200", "204"], body
 
+    _exercise_large_transactions(deployed)
+
     status, body, _ = deployed.request("DeleteFunction", "DELETE", f"/fhir/Patient/{pid}", "/fhir/{type}/{id}",
                                        item)
     assert status == 204, body
     return deployed
+
+
+# ---------- large transactions (docs/TRANSACTIONS.md) ----------
+@contextmanager
+def _patched(target: Any, **replacements: Any) -> Iterator[None]:
+    saved = {name: getattr(target, name) for name in replacements}
+    for name, value in replacements.items():
+        setattr(target, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(target, name, value)
+
+
+def _large_bundle(tag: str, extra: list[dict[str, Any]]) -> dict[str, Any]:
+    """12 new Patients (beyond one TransactWriteItems) plus `extra` entries."""
+    entries = [{"request": {"method": "POST", "url": "Patient"},
+                "resource": {"resourceType": "Patient", "name": [{"family": f"{tag}{i}"}]}} for i in range(12)]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries + extra}
+
+
+def _stuck(deployed: Deployed, state: str, n: int, expired: bool) -> str:
+    """A large transaction whose committer stopped: `pending` (before its commit) or `committed` (before its
+    roll-forward), optionally past its lease. It updates a Patient `identifier=urn:stuck|n` (returned) and
+    creates, under the If-None-Exist guard `identifier=urn:guard|n`, a Patient that does not match it."""
+    from esus.storage.transactions import TransactionAborted, TransactionStore
+
+    status, target, _ = deployed.request("CreateFunction", "POST", "/fhir/Patient", "/fhir/{type}", {"type": "Patient"},
+                                         body={"resourceType": "Patient",
+                                               "identifier": [{"system": "urn:stuck", "value": str(n)}]})
+    assert status == 201, target
+    bundle = _large_bundle(f"stuck{n}-", [
+        {"request": {"method": "PUT", "url": f"Patient/{target['id']}"}, "resource": {**target, "gender": "other"}},
+        {"request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier=urn:guard|{n}"},
+         "resource": {"resourceType": "Patient", "name": [{"family": "guarded"}]}},
+    ])
+
+    def stop(*_: Any, **__: Any) -> None:
+        raise TransactionAborted("the committer stopped")
+
+    if state == "pending":
+        with _patched(TransactionStore, _commit_record=stop, _abandon=lambda *_: True):
+            status, body, _ = deployed.request("BundleFunction", "POST", "/fhir", "/fhir", None, body=bundle)
+        assert status == 409, body
+    else:
+        with _patched(TransactionStore, _roll_forward=stop):
+            status, body, _ = deployed.request("BundleFunction", "POST", "/fhir", "/fhir", None, body=bundle)
+        assert status == 200, body
+    if expired:  # the lease ended: the next writer that meets it settles it
+        ddb, table = boto3.client("dynamodb", region_name=REGION), deployed.stack.physical["IndexTable"]
+        for record in ddb.query(TableName=table, KeyConditionExpression="pk = :pk",
+                                ExpressionAttributeValues={":pk": {"S": "infratest|_txn"}})["Items"]:
+            if "fin" not in record:
+                ddb.update_item(TableName=table, Key={"pk": record["pk"], "sk": record["sk"]},
+                                UpdateExpression="SET #e = :past", ExpressionAttributeNames={"#e": "exp"},
+                                ExpressionAttributeValues={":past": {"N": "1000"}})
+    return str(target["id"])
+
+
+def _exercise_large_transactions(deployed: Deployed) -> None:
+    """The protocol (BundleFunction), readers meeting a pending and a committed transaction's locks and
+    pending items, and every writer settling a transaction past its lease, rolled back and rolled forward.
+    The protocol's concurrent waves run one call at a time here: moto in-process is not thread-safe."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from esus.storage import transactions
+
+    saved, transactions._pool = transactions._pool, ThreadPoolExecutor(max_workers=1)
+    try:
+        _exercise_protocol(deployed)
+    finally:
+        transactions._pool.shutdown()
+        transactions._pool = saved
+
+
+def _exercise_protocol(deployed: Deployed) -> None:
+    status, body, _ = deployed.request("BundleFunction", "POST", "/fhir", "/fhir", None,
+                                       body=_large_bundle("large", []))
+    assert status == 200 and len(body["entry"]) == 12, body
+
+    pending, committed = _stuck(deployed, "pending", 1, False), _stuck(deployed, "committed", 2, False)
+    for target in (pending, committed):
+        path = {"type": "Patient", "id": target}
+        status, body, _ = deployed.request("ReadFunction", "GET", f"/fhir/Patient/{target}", "/fhir/{type}/{id}", path)
+        assert status == 200 and body["meta"]["versionId"] == ("1" if target == pending else "2"), body
+    version = {"type": "Patient", "id": pending, "vid": "2"}
+    status, body, _ = deployed.request("VreadFunction", "GET", f"/fhir/Patient/{pending}/_history/2",
+                                       "/fhir/{type}/{id}/_history/{vid}", version)
+    assert status == 404, body  # a pending version is not a version yet
+    status, body, _ = deployed.request("HistoryFunction", "GET", f"/fhir/Patient/{pending}/_history",
+                                       "/fhir/{type}/{id}/_history", {"type": "Patient", "id": pending})
+    assert status == 200 and len(body["entry"]) == 1, body
+    for logical_id, path, resource, params in (
+            ("TypeHistoryFunction", "/fhir/Patient/_history", "/fhir/{type}/_history", {"type": "Patient"}),
+            ("SystemHistoryFunction", "/fhir/_history", "/fhir/_history", None)):
+        status, body, _ = deployed.request(logical_id, "GET", path, resource, params)
+        assert status == 200, body
+    status, body, _ = deployed.request("SearchFunction", "GET", "/fhir/Patient", "/fhir/{type}", {"type": "Patient"},
+                                       query={"identifier": "urn:stuck|2"})
+    assert status == 200 and body["total"] == 1 and body["entry"][0]["resource"]["gender"] == "other", body
+
+    writers = (
+        ("UpdateFunction", "PUT", "/fhir/Patient/{id}", "/fhir/{type}/{id}", None, 200),
+        ("PatchFunction", "PATCH", "/fhir/Patient/{id}", "/fhir/{type}/{id}", None, 200),
+        ("DeleteFunction", "DELETE", "/fhir/Patient/{id}", "/fhir/{type}/{id}", None, 204),
+        ("ConditionalUpdateFunction", "PUT", "/fhir/Patient", "/fhir/{type}", "identifier=urn:stuck|{n}", 200),
+        ("ConditionalDeleteFunction", "DELETE", "/fhir/Patient", "/fhir/{type}", "identifier=urn:stuck|{n}", 204),
+        ("CreateFunction", "POST", "/fhir/Patient", "/fhir/{type}", None, 201),
+        ("BundleFunction", "POST", "/fhir", "/fhir", None, 200),
+    )
+    n = 10
+    for logical_id, method, path, resource, query, expected in writers:
+        for state in ("pending", "committed"):
+            n += 1
+            target = _stuck(deployed, state, n, True)
+            params = {"type": "Patient", "id": target} if "{id}" in resource else (
+                {"type": "Patient"} if "{type}" in resource else None)
+            body: Any = {"resourceType": "Patient", "id": target, "active": True,
+                         "identifier": [{"system": "urn:stuck", "value": str(n)}]}
+            headers: dict[str, str] | None = None
+            if method == "PATCH":
+                body, headers = [{"op": "add", "path": "/active", "value": True}], {
+                    "Content-Type": "application/json-patch+json"}
+            elif method == "DELETE":
+                body = None
+            elif logical_id == "CreateFunction":  # the guard of the stuck transaction
+                body, headers = {"resourceType": "Patient"}, {"If-None-Exist": f"identifier=urn:guard|{n}"}
+            elif logical_id == "BundleFunction":
+                body = {"resourceType": "Bundle", "type": "transaction", "entry": [
+                    {"request": {"method": "PUT", "url": f"Patient/{target}"}, "resource": body}]}
+            status, answer, _ = deployed.request(
+                logical_id, method, path.format(id=target), resource, params,
+                query={"identifier": f"urn:stuck|{n}"} if query else None, body=body, headers=headers)
+            assert status == expected, (logical_id, state, answer)
 
 
 @pytest.mark.parametrize("logical_id", FUNCTIONS)

@@ -19,6 +19,7 @@ from esus_dev.bench.profile import current_profile
 from esus_dev.bench.render import render
 from esus_dev.bench.report import Report
 from esus_dev.bench.scenario import INTERACTIONS
+from esus_dev.bench.transactions import SIZES, transactions_phase
 from esus_dev.bench.warm import warm_phase
 
 DEFAULT_ITERATIONS = 50
@@ -53,6 +54,15 @@ def run(args: argparse.Namespace) -> Report:
             report.import_profile = current_profile("create", args.import_rounds)
             _progress("crypto")
             crypto_phase(report, args.crypto_seconds)
+            if args.transaction_sizes:
+                import boto3
+
+                from esus.container import aws_config
+                from esus.settings import get_settings
+
+                _progress(f"transactions: {args.transaction_sizes} entries, and reads meeting locks")
+                raw_ddb = boto3.session.Session().client("dynamodb", config=aws_config(get_settings()))
+                transactions_phase(client, report, raw_ddb, tuple(args.transaction_sizes))
         finally:
             if stack.moto is not None:
                 stack.moto.stop()
@@ -78,6 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"paired `import app` runs per function (default {DEFAULT_IMPORT_ROUNDS})")
     parser.add_argument("--crypto-seconds", type=float, default=DEFAULT_CRYPTO_SECONDS,
                         help=f"time per crypto operation (default {DEFAULT_CRYPTO_SECONDS})")
+    parser.add_argument("--transaction-sizes", type=int, nargs="*", default=list(SIZES), metavar="N",
+                        help=f"transaction Bundle sizes to measure (default {' '.join(map(str, SIZES))}; none: skip)")
     parser.add_argument("--write", metavar="PATH", help="also write the report (markdown) to PATH")
     parser.add_argument("--cold-child", help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)

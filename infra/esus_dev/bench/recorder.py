@@ -18,6 +18,7 @@ class AwsCall:
     params: dict[str, Any]
     seconds: float = 0.0
     attempts: int = 0
+    started: float = 0.0  # perf_counter at the call's start (concurrent calls overlap)
 
     @property
     def label(self) -> str:
@@ -52,8 +53,8 @@ class AwsRecorder:
         return calls
 
     def _start(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
-        call = AwsCall(model.service_model.service_name, model.name, params)
-        context[_CALL_KEY] = (call, time.perf_counter())
+        call = AwsCall(model.service_model.service_name, model.name, params, started=time.perf_counter())
+        context[_CALL_KEY] = (call, call.started)
         self.calls.append(call)
 
     def _send(self, request: Any, **_: Any) -> None:
@@ -78,6 +79,17 @@ def install_default_session_recorder() -> AwsRecorder:
     recorder = AwsRecorder()
     recorder.install(boto3.DEFAULT_SESSION.events)
     return recorder
+
+
+def sequential_round_trips(calls: Iterable[AwsCall]) -> int:
+    """Round trips of latency: calls that overlap in time (issued concurrently) count once."""
+    spans = sorted((c.started, c.started + c.seconds) for c in calls)
+    waves, end = 0, -1.0
+    for start, stop in spans:
+        if start > end:
+            waves += 1
+        end = max(end, stop)
+    return waves
 
 
 def call_counts(calls: Iterable[AwsCall]) -> Counter[str]:

@@ -17,6 +17,7 @@ def render(report: Report) -> str:
         *render_cold(report),
         *render_imports(report),
         *render_crypto(report),
+        *render_transactions(report),
         *render_findings(report),
     ]) + "\n"
 
@@ -280,3 +281,33 @@ def render_findings(report: Report) -> list[str]:
                      f"{max(c.ratio for c in report.import_checks):.2f}"
                      + (f"; above 1.3: {', '.join(above)}." if above else ", every function within 1.3."))
     return [*lines, ""]
+
+
+def render_transactions(report: Report) -> list[str]:
+    if not report.transactions and not report.reads:
+        return []
+    rows = [[t.label, str(t.created), str(t.calls), str(t.round_trips), f"{t.wall_ms:.0f}",
+             "-" if t.prepare_ms != t.prepare_ms else f"{t.prepare_ms:.0f}", str(t.write_units),
+             f"{t.write_units / t.entries:.1f}", f"{t.bytes_in / 1e6:.2f}", t.ops] for t in report.transactions]
+    reads = [[r.situation, str(r.calls), f"{r.handler_median_ms:.1f}", f"{r.aws_median_ms:.1f}"]
+             for r in report.reads]
+    return [
+        "## Transactions beyond 100 items (docs/TRANSACTIONS.md)",
+        "",
+        "Transaction Bundles of Synthea entries, each on empty tables. *Round trips* are sequential: calls the "
+        "protocol issues concurrently (a wave) count once. *Write units* follow DynamoDB's rule (1 per started "
+        "KB of each item written, 2 inside TransactWriteItems; updates and deletes charged the size of the item "
+        "as the request wrote it, else 1). Wall time is moto on this machine, which serialises every call: "
+        "on DynamoDB a wave costs about one call's latency (docs/TRANSACTIONS.md, Limits). *Prepare* is the time "
+        "before the first write (parse, validate, encrypt, index: CPU). The last row sends the first size's "
+        "entries as single creates, for comparison.",
+        "",
+        *table(["request", "created", "DynamoDB calls", "round trips", "wall ms", "prepare ms", "write units",
+                "WCU / entry", "MB in", "calls"], rows, "lrrrrrrrrl"),
+        "",
+        f"A plain read (`GET /Patient/{{id}}`, median of {len(reads) and 20} each): the protocol costs a reader "
+        "nothing unless it meets a lock.",
+        "",
+        *table(["situation", "DynamoDB calls", "handler median ms", "in AWS calls ms"], reads, "lrrr"),
+        "",
+    ]

@@ -100,6 +100,32 @@ class ColdRow:
 
 
 @dataclass(frozen=True)
+class TransactionRow:
+    """One transaction Bundle (docs/TRANSACTIONS.md): what it cost."""
+
+    label: str
+    entries: int
+    created: int
+    calls: int  # DynamoDB API calls
+    round_trips: int  # sequential: calls issued concurrently count once
+    wall_ms: float
+    prepare_ms: float  # before the first write: parse, validate, encrypt, index (CPU on this machine)
+    write_units: int
+    bytes_in: int
+    ops: str
+
+
+@dataclass(frozen=True)
+class ReadRow:
+    """A plain read, with or without a large transaction holding the item."""
+
+    situation: str
+    calls: int
+    handler_median_ms: float
+    aws_median_ms: float
+
+
+@dataclass(frozen=True)
 class CryptoRow:
     operation: str
     detail: str
@@ -125,6 +151,8 @@ class Report:
     import_checks: list[ImportCheck] = field(default_factory=list)  # `python -c "import app"` vs bare, per function
     import_profile: ImportProfile | None = None  # CreateFunction's `import app`, this run
     crypto: list[CryptoRow] = field(default_factory=list)
+    transactions: list[TransactionRow] = field(default_factory=list)
+    reads: list[ReadRow] = field(default_factory=list)
     codec_overhead_us: float = 0.0
     codec_detail: str = ""
     elapsed_s: float = 0.0

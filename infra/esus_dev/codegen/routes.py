@@ -65,6 +65,8 @@ class Function:
     keys: KeyUse | None = None
     env: dict[str, str] = field(default_factory=dict)  # besides Globals; values: a plain string or "!Ref Name"
     alarm_on_errors: bool = True  # False: the alarm watches throttles only
+    timeout: int | None = None  # seconds, when not the Globals' default
+    memory: int | None = None  # MB, when not the Globals' default (the CPU share grows with it)
 
     @property
     def logical_id(self) -> str:
@@ -101,6 +103,30 @@ WRITE_OBJECTS = Grant("WriteLargeBodies", "s3:PutObject", "ObjectBucket/*",
                       "A version's sealed body when too large for an item (and every Binary): written once, before "
                       "the version's transaction.")
 
+# Large transactions (docs/TRANSACTIONS.md). A reader that meets a lock or a pending item reads the
+# transaction's record (and, once it committed, the pending version); it never writes.
+READ_TRANSACTION_RECORD = Grant(
+    "ReadTransactionRecord", "dynamodb:GetItem", "IndexTable",
+    "Large transactions: an item locked or marked by one is resolved through its record (docs/TRANSACTIONS.md).")
+# A writer reads current items as readers do: one locked by a committed transaction is its pending version.
+READ_PENDING_VERSION = Grant(
+    "ReadPendingVersion", "dynamodb:GetItem", "HistoryTable",
+    "A current item locked by a committed large transaction: the version is its pending history item.")
+# A writer that meets a lock settles the transaction: rolls it forward (committed) or back (aborted, or
+# pending past its lease), the same steps the sweeper takes.
+SETTLE_TRANSACTIONS = (
+    Grant("SettleTransactionRecord", "dynamodb:GetItem dynamodb:UpdateItem dynamodb:DeleteItem dynamodb:BatchWriteItem",
+          "IndexTable",
+          "Large transactions: a writer that meets a lock settles its transaction (docs/TRANSACTIONS.md): the record, "
+          "guards, change-log and Provenance index items."),
+    Grant("SettleTransactionItems", "dynamodb:UpdateItem dynamodb:DeleteItem", "ResourcesTable",
+          "Locks released, placeholders of a rolled-back transaction removed."),
+    Grant("SettleTransactionVersions", "dynamodb:BatchGetItem dynamodb:DeleteItem dynamodb:BatchWriteItem",
+          "HistoryTable", "Pending versions read, rolled forward (marker removed) or deleted."),
+    Grant("SettleTransactionProvenance", "dynamodb:BatchGetItem dynamodb:BatchWriteItem", "ProvenanceTable",
+          "Pending Provenance read, rolled forward or deleted."),
+)
+
 
 FUNCTIONS: tuple[Function, ...] = (
     # API Gateway's TOKEN authorizer. It reports every rejected token as a function error (API Gateway's
@@ -129,46 +155,60 @@ FUNCTIONS: tuple[Function, ...] = (
                  WRITE_INDEX_BESIDE,
                  WRITE_OBJECTS,
                  READ_OBJECTS,
+                 READ_PENDING_VERSION,
+                 *SETTLE_TRANSACTIONS,
              )),
     Function("Read", "read", "GET /fhir/{type}/{id}",
              routes=(Api("GET", "/fhir/{type}/{id}"),), keys=DECRYPT, grants=(
                  READ_CURRENT,
                  Grant("ReadProvenance", "dynamodb:BatchGetItem", "ProvenanceTable"),
                  READ_OBJECTS,
+                 READ_TRANSACTION_RECORD,
+                 READ_PENDING_VERSION,
              )),
     Function("Vread", "vread", "GET /fhir/{type}/{id}/_history/{vid}",
              routes=(Api("GET", "/fhir/{type}/{id}/_history/{vid}"),), keys=DECRYPT, grants=(
                  Grant("ReadVersion", "dynamodb:GetItem", "HistoryTable"),
                  Grant("ReadProvenance", "dynamodb:BatchGetItem", "ProvenanceTable"),
                  READ_OBJECTS,
+                 READ_TRANSACTION_RECORD,
              )),
     Function("History", "history", "GET /fhir/{type}/{id}/_history",
              routes=(Api("GET", "/fhir/{type}/{id}/_history"),), keys=DECRYPT, grants=(
                  Grant("ReadHistory", "dynamodb:Query", "HistoryTable"),
                  READ_CURRENT,
                  READ_OBJECTS,
+                 READ_TRANSACTION_RECORD,
              )),
     Function("TypeHistory", "type_history", "GET /fhir/{type}/_history",
-             routes=(Api("GET", "/fhir/{type}/_history"),), keys=DECRYPT, grants=(*READ_CHANGE_LOG, READ_OBJECTS)),
+             routes=(Api("GET", "/fhir/{type}/_history"),), keys=DECRYPT,
+             grants=(*READ_CHANGE_LOG, READ_OBJECTS, READ_TRANSACTION_RECORD)),
     Function("SystemHistory", "system_history", "GET /fhir/_history",
-             routes=(Api("GET", "/fhir/_history"),), keys=DECRYPT, grants=(*READ_CHANGE_LOG, READ_OBJECTS)),
+             routes=(Api("GET", "/fhir/_history"),), keys=DECRYPT,
+             grants=(*READ_CHANGE_LOG, READ_OBJECTS, READ_TRANSACTION_RECORD)),
     Function("Update", "update", "PUT /fhir/{type}/{id}",
              routes=(Api("PUT", "/fhir/{type}/{id}"),), keys=ENCRYPT,
-             grants=(READ_CURRENT, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE, READ_OBJECTS, WRITE_OBJECTS)),
+             grants=(READ_CURRENT, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE, READ_OBJECTS, WRITE_OBJECTS,
+                     READ_PENDING_VERSION, *SETTLE_TRANSACTIONS)),
     Function("Patch", "patch", "PATCH /fhir/{type}/{id} (JSON Patch)",
              routes=(Api("PATCH", "/fhir/{type}/{id}"),), keys=ENCRYPT,
-             grants=(READ_CURRENT, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE, READ_OBJECTS, WRITE_OBJECTS)),
+             grants=(READ_CURRENT, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE, READ_OBJECTS, WRITE_OBJECTS,
+                     READ_PENDING_VERSION, *SETTLE_TRANSACTIONS)),
     Function("Delete", "delete", "DELETE /fhir/{type}/{id}",
              routes=(Api("DELETE", "/fhir/{type}/{id}"),), keys=ENCRYPT,
-             grants=(READ_CURRENT, WRITE_NEW_VERSION, READ_OBJECTS)),
+             grants=(READ_CURRENT, WRITE_NEW_VERSION, READ_OBJECTS, READ_PENDING_VERSION, *SETTLE_TRANSACTIONS)),
     Function("ConditionalUpdate", "conditional_update", "PUT /fhir/{type}?<search> (conditional update)",
              routes=(Api("PUT", "/fhir/{type}"),), keys=ENCRYPT,
-             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE, READ_OBJECTS, WRITE_OBJECTS)),
+             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION, WRITE_INDEX_BESIDE, READ_OBJECTS, WRITE_OBJECTS,
+                     READ_PENDING_VERSION, *SETTLE_TRANSACTIONS)),
     Function("ConditionalDelete", "conditional_delete", "DELETE /fhir/{type}?<search> (conditional delete)",
              routes=(Api("DELETE", "/fhir/{type}"),), keys=ENCRYPT,
-             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION, READ_OBJECTS)),
+             grants=(*CONDITIONAL_SEARCH, WRITE_NEW_VERSION, READ_OBJECTS, READ_PENDING_VERSION,
+                     *SETTLE_TRANSACTIONS)),
+    # Large transactions run up to API Gateway's 29 s and are CPU-bound in their prepare step (validation,
+    # encryption, index extraction): one vCPU (1,769 MB). docs/TRANSACTIONS.md, "Limits".
     Function("Bundle", "bundle", "POST /fhir (transaction and batch Bundles)",
-             routes=(Api("POST", "/fhir"),), keys=ENCRYPT, grants=(
+             routes=(Api("POST", "/fhir"),), keys=ENCRYPT, timeout=29, memory=1769, grants=(
                  Grant("SearchIndex", "dynamodb:Query dynamodb:GetItem", "IndexTable",
                        "Entry preconditions: current versions, If-None-Exist guards and searches."),
                  Grant("ReadCurrent", "dynamodb:GetItem dynamodb:BatchGetItem", "ResourcesTable"),
@@ -176,6 +216,7 @@ FUNCTIONS: tuple[Function, ...] = (
                  WRITE_INDEX_BESIDE,
                  READ_OBJECTS,
                  WRITE_OBJECTS,
+                 *SETTLE_TRANSACTIONS,
              )),
     Function("Search", "search", "GET /fhir/{type} and POST /fhir/{type}/_search",
              routes=(Api("GET", "/fhir/{type}"), Api("POST", "/fhir/{type}/_search", event="SearchPost")),
@@ -183,5 +224,8 @@ FUNCTIONS: tuple[Function, ...] = (
                  Grant("QueryIndex", "dynamodb:Query", "IndexTable"),
                  Grant("ReadMatches", "dynamodb:BatchGetItem", "ResourcesTable ProvenanceTable"),
                  READ_OBJECTS,
+                 READ_TRANSACTION_RECORD,
+                 Grant("ReadPendingVersions", "dynamodb:BatchGetItem", "HistoryTable",
+                       "Candidates locked by a committed transaction: their versions are its pending history items."),
              )),
 )

@@ -62,6 +62,8 @@ def _function(function: Function) -> list[str]:
         "    Properties:",
         f"      CodeUri: functions/{function.folder}/",
         f"      Description: {_scalar(function.description)}",
+        *([f"      Timeout: {function.timeout}"] if function.timeout else []),
+        *([f"      MemorySize: {function.memory}"] if function.memory else []),
         "      Environment:",
         "        Variables:",
         *(f"          {name}: {_env_value(name, value)}" for name, value in function.env.items()),

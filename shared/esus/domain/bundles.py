@@ -1,23 +1,32 @@
-"""POST /fhir with a Bundle. `transaction`: every entry (with its history item, Provenance and index
-items) in ONE TransactWriteItems, so all succeed or none is stored; never split. `batch`: entries
-processed independently through the ordinary interactions."""
+"""POST /fhir with a Bundle. `transaction`: all entries or none (ONE TransactWriteItems when they fit,
+else the large-transaction protocol of docs/TRANSACTIONS.md); conditional URLs and references resolved.
+`batch`: entries processed independently through the ordinary interactions."""
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from esus.domain.conditional import ConditionalService
 from esus.domain.fhir import RESOURCE_TYPES, now_instant, require_id
-from esus.domain.resources import ResourceService, same_content
-from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PreconditionFailed
-from esus.model import IndexEntry, Version
+from esus.domain.resources import LOCK_ATTEMPTS, ResourceService, same_content
+from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PayloadTooLarge, PreconditionFailed
+from esus.limits import MAX_TRANSACTION_ENTRIES
+from esus.model import ResourceWrite, Version
 from esus.security.auth import CREATE, Principal
-from esus.storage.store import Store, TransientConflict, VersionConflict
+from esus.storage.store import (
+    BATCH_GET_LIMIT,
+    TRANSACTION_ITEM_LIMIT,
+    Locked,
+    Store,
+    TransientConflict,
+    VersionConflict,
+    unique_entries,
+)
 
 METHOD_INTERACTION = {"POST": "create", "PUT": "update", "DELETE": "delete"}
 URN_UUID = re.compile(r"^urn:uuid:[0-9a-fA-F-]{36}$")
@@ -28,6 +37,23 @@ class EntryResult:
     status: int
     version: Version | None = None
     outcome: FhirError | None = None
+
+
+@dataclass
+class _Entry:
+    index: int
+    method: str
+    resource_type: str
+    resource_id: str | None  # the url's id, a POST's new id; a conditional url's match is filled in later
+    query: dict[str, list[str]] | None  # a conditional url's search
+    resource: dict[str, Any] | None
+    request: dict[str, Any]
+    full_url: str | None
+    creates_only: bool = False  # a conditional update that matched nothing: the id must be new
+
+    @property
+    def key(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
 
 
 class BundleService:
@@ -57,20 +83,30 @@ class BundleService:
     # ---------- batch ----------
     def _batch_entry(self, principal: Principal, entry: Any, x_provenance: dict[str, Any] | None) -> EntryResult:
         try:
-            method, resource_type, resource_id, resource, request = _parse_entry(entry)
-            principal.require_interaction(resource_type, _interaction(method, request))
+            parsed = _parse_entry(entry)
+            method, resource_type, resource, request = parsed.method, parsed.resource_type, parsed.resource, \
+                parsed.request
+            principal.require_interaction(resource_type, _interaction(method, request, parsed.query is not None))
             if_match = _if_match(request)
+            if parsed.query is not None:  # conditional update or delete, as the stand-alone interactions
+                if method == "PUT":
+                    outcome = self._conditional.update(principal, resource_type, parsed.query, resource, if_match,
+                                                       x_provenance)
+                    return EntryResult(201 if outcome.created else 200, outcome.version)
+                return EntryResult(204, self._conditional.delete(principal, resource_type, parsed.query,
+                                                                 x_provenance))
             if method == "POST":
                 if request.get("ifNoneExist"):
                     version, created = self._conditional.create(
                         principal, resource_type, resource, str(request["ifNoneExist"]), x_provenance)
                     return EntryResult(201 if created else 200, version)
                 return EntryResult(201, self._resources.create(principal, resource_type, resource, x_provenance))
+            resource_id = str(parsed.resource_id)
             if method == "PUT":
-                outcome = self._resources.update(principal, resource_type, str(resource_id), resource, if_match,
+                outcome = self._resources.update(principal, resource_type, resource_id, resource, if_match,
                                                  x_provenance)
                 return EntryResult(201 if outcome.created else 200, outcome.version)
-            deleted = self._resources.delete(principal, resource_type, str(resource_id), if_match, x_provenance)
+            deleted = self._resources.delete(principal, resource_type, resource_id, if_match, x_provenance)
             return EntryResult(204, deleted)
         except Exception as exc:  # any failure is this entry's outcome: a batch always answers 200
             error = self._error_for(exc)
@@ -80,133 +116,233 @@ class BundleService:
     def _transaction(
         self, principal: Principal, entries: list[Any], x_provenance: dict[str, Any] | None
     ) -> list[EntryResult]:
-        parsed = [_parse_entry(e) for e in entries]
-        ids = self._assign_ids(parsed)
+        """Everything is read and checked first (nothing is written when an entry is invalid or a
+        precondition fails); then all entries commit as one: ONE TransactWriteItems when they fit in 100
+        items, else the large-transaction protocol (docs/TRANSACTIONS.md)."""
+        if len(entries) > MAX_TRANSACTION_ENTRIES:
+            message = (f"A transaction Bundle may hold at most {MAX_TRANSACTION_ENTRIES} entries (what commits within "
+                       f"the API's 29 s); this one has {len(entries)}. Nothing was stored. Split it into several "
+                       "transactions, or send a batch.")
+            raise PayloadTooLarge(message, [Issue("too-costly", message, "Bundle.entry")])
+        parsed = [_parse_entry(e, n) for n, e in enumerate(entries)]
+        for entry in parsed:  # every scope is checked before any read
+            principal.require_interaction(entry.resource_type, _interaction(entry.method, entry.request,
+                                                                            entry.query is not None))
+        tenant = principal.tenant
+        self._resolve_conditional_urls(tenant, parsed)
+        touched: dict[str, int] = {}
+        for entry in parsed:
+            if entry.resource_id is None:
+                continue
+            first = touched.setdefault(entry.key, entry.index)
+            if first != entry.index:
+                raise InvalidRequest(f"Bundle.entry[{first}] and Bundle.entry[{entry.index}] both change "
+                                     f"{entry.key}; a transaction may change each resource once")
         # urn:uuid (or other) fullUrls of this Bundle's entries resolve to Type/id.
-        assigned = {str(entry["fullUrl"]): f"{p[1]}/{i}" for entry, p, i in zip(entries, parsed, ids, strict=True)
-                    if entry.get("fullUrl")}
+        assigned = {e.full_url: e.key for e in parsed if e.full_url and e.resource_id is not None}
+        self._resolve_references(tenant, parsed, assigned)
+        currents = self._currents(tenant, parsed)
         results: list[EntryResult] = []
-        items: list[dict[str, Any]] = []
-        deferred: list[IndexEntry] = []  # search index items: beside the transaction, never in it
-        touched: set[str] = set()
-        for method, resource_type, _, _, request in parsed:  # every scope is checked before any read
-            principal.require_interaction(resource_type, _interaction(method, request))
+        writes: list[tuple[ResourceWrite, str]] = []
         conditions: dict[str, int] = {}  # conditional-create guard -> the entry that holds it
-        for index, (method, resource_type, _, resource, request) in enumerate(parsed):
-            if resource is not None:
-                resource = _resolve_references(resource, assigned)
-            target_id = ids[index]
-            key = f"{resource_type}/{target_id}"
-            if key in touched:
-                raise InvalidRequest(f"The transaction changes {key} twice")
-            touched.add(key)
-            result, entry_items = self._transaction_entry(
-                principal, method, resource_type, str(target_id), resource, request, x_provenance, index, conditions,
-                deferred)
+        for entry in parsed:
+            result, write = self._transaction_entry(principal, entry, currents.get(entry.key), x_provenance,
+                                                    conditions)
             results.append(result)
-            items += entry_items
-        if items:
-            self._commit(items)
-            self._store.put_index_items(deferred)  # before the response: read-your-writes
+            if write is not None:
+                writes.append(write)
+        if writes:
+            self._commit(tenant, writes)
         return results
 
+    def _resolve_conditional_urls(self, tenant: str, parsed: list[_Entry]) -> None:
+        """`PUT Type?search` and `DELETE Type?search` become the one resource they select (R4 http.html):
+        PUT: 0 matches -> create (the body's id, which must be new, or a new one), 1 -> update it;
+        DELETE: 0 -> nothing to delete, 1 -> delete it; more than one -> 412."""
+        for entry in parsed:
+            if entry.query is None:
+                continue
+            where = f"Bundle.entry[{entry.index}]"
+            try:
+                ids = self._conditional.match_ids(tenant, entry.resource_type, entry.query)
+            except (PreconditionFailed, InvalidRequest) as exc:
+                raise type(exc)(f"{where}: {exc.diagnostics}") from None
+            if entry.method == "DELETE":
+                entry.resource_id = ids[0] if ids else None
+                continue
+            assert entry.resource is not None
+            body_id = entry.resource.get("id")
+            if ids:
+                if body_id is not None and body_id != ids[0]:
+                    raise InvalidRequest(f"{where}: the resource's id does not match the resource the search found")
+                entry.resource_id = ids[0]
+            else:
+                if _if_match(entry.request) is not None:
+                    raise PreconditionFailed(f"{where}: If-Match was given but no resource matches the search")
+                entry.creates_only = True  # R5 http.html: an id that exists but did not match is a 409
+                entry.resource_id = require_id(str(body_id)) if body_id is not None else str(uuid.uuid4())
+            entry.resource = {**entry.resource, "id": entry.resource_id}
+
+    def _resolve_references(self, tenant: str, parsed: list[_Entry], assigned: dict[str, str]) -> None:
+        """urn:uuid references to entries become Type/id; conditional references (`Type?search`) become
+        the one resource they match, stored or in this Bundle."""
+        contents = [(e.resource_type, str(e.resource_id), e.resource) for e in parsed
+                    if e.resource is not None and e.resource_id is not None]
+        conditional: dict[str, str] = {}
+        for entry in parsed:
+            if entry.resource is None:
+                continue
+            for reference in _references(entry.resource):
+                if reference not in assigned and reference not in conditional and _is_conditional(reference):
+                    conditional[reference] = self._conditional.resolve_reference(
+                        tenant, reference, contents, f"Bundle.entry[{entry.index}]")
+        targets = {**assigned, **conditional}
+        for entry in parsed:
+            if entry.resource is not None:
+                entry.resource = _resolve_references(entry.resource, targets, entry.index)
+
+    def _currents(self, tenant: str, parsed: list[_Entry]) -> dict[str, Version]:
+        """The current versions of every PUT and DELETE target: one BatchGetItem per 100, per type."""
+        by_type: dict[str, list[str]] = {}
+        for entry in parsed:
+            if entry.method != "POST" and entry.resource_id is not None:
+                by_type.setdefault(entry.resource_type, []).append(entry.resource_id)
+        found: dict[str, Version] = {}
+        for resource_type, ids in by_type.items():
+            for start in range(0, len(ids), BATCH_GET_LIMIT):
+                for version in self._store.currents(tenant, resource_type, ids[start : start + BATCH_GET_LIMIT]):
+                    found[version.reference] = version
+        return found
+
     def _transaction_entry(
-        self, principal: Principal, method: str, resource_type: str, resource_id: str,
-        resource: dict[str, Any] | None, request: dict[str, Any], x_provenance: dict[str, Any] | None, index: int,
-        conditions: dict[str, int], deferred: list[IndexEntry],
-    ) -> tuple[EntryResult, list[dict[str, Any]]]:
-        where = f"Bundle.entry[{index}]"
+        self, principal: Principal, entry: _Entry, current: Version | None, x_provenance: dict[str, Any] | None,
+        conditions: dict[str, int],
+    ) -> tuple[EntryResult, tuple[ResourceWrite, str] | None]:
+        where = f"Bundle.entry[{entry.index}]"
+        method, resource_type, request = entry.method, entry.resource_type, entry.request
         if_match = _if_match(request)
-        current = self._store.current(principal.tenant, resource_type, resource_id) if method != "POST" else None
+        if entry.resource_id is None:  # a conditional delete that matched nothing
+            return EntryResult(204), None
+        resource_id = entry.resource_id
         if if_match is not None and (current is None or current.version != if_match):
             found = f"is at version {current.version}" if current else "does not exist"
             raise PreconditionFailed(f"{where}: If-Match {if_match} failed: {resource_type}/{resource_id} {found}")
+        if entry.creates_only and current is not None:
+            raise Conflict(f"{where}: {resource_type}/{resource_id} already exists but does not match the search; a "
+                           "conditional update that matches nothing may not take over an existing id")
         guard = None
         if method == "POST" and request.get("ifNoneExist"):
             matches = self._conditional.matches_for_transaction(principal.tenant, resource_type,
                                                                 str(request["ifNoneExist"]))
             # The same condition twice would make both entries create (or write the guard twice): the
             # second create would break the condition the first one set, so the transaction is refused.
-            first = conditions.setdefault(matches.guard[0], index)
-            if first != index:
+            first = conditions.setdefault(matches.guard[0], entry.index)
+            if first != entry.index:
                 message = (f"Bundle.entry[{first}] and {where} both create a {resource_type} only if none matches "
                            "the same search (ifNoneExist); a transaction may hold each condition once. Keep one "
                            "entry and point references at its fullUrl.")
                 raise InvalidRequest(message, [Issue("invalid", message, f"{where}.request.ifNoneExist")])
             if matches.existing is not None:
-                return EntryResult(200, matches.existing), []
+                return EntryResult(200, matches.existing), None
             guard = matches.guard
         if method == "PUT" and (current is None or current.deleted):
             principal.require(resource_type, CREATE)  # this update creates the resource
         if method == "DELETE":
             if current is None or current.deleted:
-                return EntryResult(204), []
+                return EntryResult(204), None
             version = Version(resource_type, resource_id, current.version + 1, now_instant(), True, None, "DELETE", 204)
         else:
-            assert resource is not None
+            assert entry.resource is not None
             if current is not None and not current.deleted and current.resource is not None \
-                    and same_content(current.resource, resource):
-                return EntryResult(200, current), []
+                    and same_content(current.resource, entry.resource):
+                return EntryResult(200, current), None
             number = current.version + 1 if current else 1
             status = 200 if current and not current.deleted else 201
-            version = self._resources.new_version(resource_type, resource_id, number, resource, method, status)
+            version = self._resources.new_version(resource_type, resource_id, number, entry.resource, method, status)
         write, sort_key = self._resources.prepare(
             principal, version, current.version if current else None, current.deleted if current else None,
             current.index_refs if current else (), x_provenance)
         write.unique_guard = guard
-        deferred += write.deferred_index
-        return EntryResult(version.status, version), self._store.resource_write_items(write, sort_key)
+        return EntryResult(version.status, version), (write, sort_key)
 
-    @staticmethod
-    def _assign_ids(parsed: list[tuple[str, str, str | None, Any, dict[str, Any]]]) -> list[str | None]:
-        """A fresh server id for every POST entry; PUT and DELETE keep the id of their url."""
-        return [str(uuid.uuid4()) if method == "POST" else resource_id for method, _, resource_id, _, _ in parsed]
-
-    def _commit(self, items: list[dict[str, Any]]) -> None:
+    def _commit(self, tenant: str, writes: list[tuple[ResourceWrite, str]]) -> None:
+        if sum(_item_count(write) for write, _ in writes) > TRANSACTION_ITEM_LIMIT:
+            try:
+                self._store.transactions.commit(tenant, writes)
+            except VersionConflict:
+                raise Conflict("A resource in the transaction was changed concurrently; nothing was stored",
+                               headers={"Retry-After": "1"}) from None
+            return
+        items = [item for write, sort_key in writes for item in self._store.resource_write_items(write, sort_key)]
         token = str(uuid.uuid4())
-        for _ in range(3):
+        for attempt in range(LOCK_ATTEMPTS):
             try:
                 self._store.transact(items, token)
-                return
+                break
             except TransientConflict:
                 continue
+            except Locked as locked:  # a large transaction holds a resource: settle it, then try again
+                self._resources.settle(locked, attempt)
             except VersionConflict:
                 raise Conflict("A resource in the transaction was changed concurrently; nothing was stored") from None
-        raise Conflict("The transaction kept conflicting with concurrent writes; nothing was stored",
-                       headers={"Retry-After": "1"})
+        else:
+            raise Conflict("The transaction kept conflicting with concurrent writes; nothing was stored",
+                           headers={"Retry-After": "1"})
+        # Search index items beside the transaction, before the response: read-your-writes.
+        self._store.put_index_items([e for write, _ in writes for e in write.deferred_index])
 
 
-def _interaction(method: str, request: dict[str, Any]) -> str:
+def _item_count(write: ResourceWrite) -> int:
+    """The TransactWriteItems entries Store.resource_write_items makes of a transaction Bundle's write:
+    current, history, Provenance, its index items, the change log, the guard (search items go beside)."""
+    return (3 + len(unique_entries(write.provenance_index)) + len(write.change_log)
+            + (1 if write.unique_guard else 0) + len(unique_entries(write.index_entries)))
+
+
+def _interaction(method: str, request: dict[str, Any], conditional_url: bool = False) -> str:
     """The stand-alone interaction an entry performs: it needs exactly that interaction's scopes."""
     if method == "POST":
         return "conditional-create" if request.get("ifNoneExist") else "create"
+    if conditional_url:
+        return "conditional-update" if method == "PUT" else "conditional-delete"
     return METHOD_INTERACTION[method]
 
 
-def _parse_entry(entry: Any) -> tuple[str, str, str | None, Any, dict[str, Any]]:
+def _parse_entry(entry: Any, index: int | None = None) -> _Entry:
+    """One entry's request. `index`: a transaction entry (POST gets its new id here, for fullUrls)."""
+    where = f"Bundle.entry[{index}]: " if index is not None else ""
     if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
-        raise InvalidRequest("Every Bundle entry needs a request")
+        raise InvalidRequest(f"{where}Every Bundle entry needs a request")
     request = entry["request"]
     method = str(request.get("method", "")).upper()
     url = str(request.get("url", "")).split("?", 1)
     path = url[0].strip("/").split("/")
+    shown = str(request.get("url"))[:200]
     if method not in METHOD_INTERACTION:
-        raise InvalidRequest(f"Bundle entry method '{method[:10]}' is not supported (POST, PUT, DELETE)")
-    if len(url) > 1:
-        raise InvalidRequest("Conditional URLs in Bundle entries are not supported; use ifNoneExist on POST")
+        raise InvalidRequest(f"{where}Bundle entry method '{method[:10]}' is not supported (POST, PUT, DELETE)")
     resource_type = path[0]
     if resource_type not in RESOURCE_TYPES:
-        raise InvalidRequest(f"Bundle entry type '{resource_type[:64]}' is not supported")
+        raise InvalidRequest(f"{where}Bundle entry type '{resource_type[:64]}' is not supported")
+    query = None
+    if len(url) > 1:  # a conditional update or delete (POST takes its condition in ifNoneExist)
+        if method == "POST" or len(path) != 1:
+            raise InvalidRequest(f"{where}Bundle entry url '{shown}' does not fit {method}: a search goes on "
+                                 "PUT Type?search or DELETE Type?search (POST uses ifNoneExist)")
+        query = parse_qs(url[1], keep_blank_values=True)
     resource_id = require_id(path[1]) if len(path) == 2 else None
-    if (method == "POST") != (resource_id is None) or len(path) > 2:
-        raise InvalidRequest(f"Bundle entry url '{request.get('url')}' does not fit {method}")
+    if query is None and ((method == "POST") != (resource_id is None) or len(path) > 2):
+        raise InvalidRequest(f"{where}Bundle entry url '{shown}' does not fit {method}")
     resource = entry.get("resource")
     if method != "DELETE" and not isinstance(resource, dict):
-        raise InvalidRequest(f"Bundle entry {method} {request.get('url')} needs a resource")
-    if method == "PUT" and isinstance(resource, dict) and resource.get("id") != resource_id:
-        raise InvalidRequest(f"Bundle entry PUT {request.get('url')}: the resource id must match the url",
+        raise InvalidRequest(f"{where}Bundle entry {method} {shown} needs a resource")
+    if method == "PUT" and query is None and isinstance(resource, dict) and resource.get("id") != resource_id:
+        raise InvalidRequest(f"{where}Bundle entry PUT {shown}: the resource id must match the url",
                              [Issue("invalid", "id does not match the url", "Bundle.entry.resource.id")])
-    return method, resource_type, resource_id, resource, request
+    if method == "POST" and index is not None:
+        resource_id = str(uuid.uuid4())
+    full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+    return _Entry(index or 0, method, resource_type, resource_id, query,
+                  resource if isinstance(resource, dict) else None, request, full_url)
 
 
 def _if_match(request: dict[str, Any]) -> int | None:
@@ -219,21 +355,43 @@ def _if_match(request: dict[str, Any]) -> int | None:
     return int(match.group(1))
 
 
-def _resolve_references(resource: dict[str, Any], assigned: dict[str, str]) -> dict[str, Any]:
-    """urn:uuid references to entries of this transaction become Type/id."""
+def _references(resource: Any) -> list[str]:
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == "reference" and isinstance(v, str):
+                    found.append(v)
+                else:
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(resource)
+    return found
+
+
+def _is_conditional(reference: str) -> bool:
+    """`Type?search` (Synthea's style for Organization and Practitioner), not an absolute URL."""
+    resource_type, sep, query = reference.partition("?")
+    return bool(sep and query) and resource_type in RESOURCE_TYPES
+
+
+def _resolve_references(resource: dict[str, Any], targets: dict[str, str], index: int) -> dict[str, Any]:
+    """urn:uuid and conditional references to this transaction's targets become Type/id."""
     def walk(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: (assigned.get(v, v) if k == "reference" and isinstance(v, str) else walk(v))
+            return {k: (targets.get(v, v) if k == "reference" and isinstance(v, str) else walk(v))
                     for k, v in value.items()}
         if isinstance(value, list):
             return [walk(v) for v in value]
         return value
 
     resolved: dict[str, Any] = walk(resource)
-    unresolved = [m for m in re.findall(r'"reference":\s*"(urn:uuid:[^"]+)"', json.dumps(resolved))
-                  if URN_UUID.match(m)]
+    unresolved = [r for r in _references(resolved) if URN_UUID.match(r)]
     if unresolved:
-        raise InvalidRequest(f"Reference {unresolved[0]} does not point at an entry of this transaction")
+        raise InvalidRequest(f"Bundle.entry[{index}]: reference {unresolved[0]} does not point at an entry of this "
+                             "transaction")
     return resolved
-
-

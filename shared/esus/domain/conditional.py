@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from esus.domain.resources import ResourceService, WriteOutcome
+from esus.domain.resources import LOCK_ATTEMPTS, ResourceService, WriteOutcome
 from esus.domain.search import SearchService
 from esus.errors import Conflict, InvalidRequest, PreconditionFailed
 from esus.model import Version
 from esus.security.auth import CREATE, Principal
 from esus.security.crypto import BlindIndex
-from esus.storage.store import Store, VersionConflict, index_partition
+from esus.storage.store import Locked, Store, VersionConflict, index_partition
 
 GUARD_PARAM = "_conditional-create"
 
@@ -47,6 +47,31 @@ class ConditionalService:
             raise PreconditionFailed(f"The search matches {len(ids)} {resource_type} resources; it must match one")
         return ids
 
+    def match_ids(self, tenant: str, resource_type: str, params: dict[str, list[str]]) -> list[str]:
+        """The ids a conditional update/delete URL selects: at most one (more is a 412)."""
+        return self._matches(tenant, resource_type, params)
+
+    def resolve_reference(
+        self, tenant: str, reference: str, entries: list[tuple[str, str, dict[str, Any]]], where: str,
+    ) -> str:
+        """A conditional reference (`Organization?identifier=...`) in a transaction: the one resource that
+        matches, among the stored ones and this Bundle's entries ((type, id, new content)) together."""
+        resource_type, _, query = reference.partition("?")
+        params = parse_qs(query, keep_blank_values=True)
+        try:
+            stored = set(self._search.matching_ids(tenant, resource_type, params))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{where}: the conditional reference '{reference[:200]}' is not a valid search: "
+                                 f"{exc.diagnostics}") from None
+        in_bundle = {i for t, i, content in entries if t == resource_type
+                     and self._search.resource_matches(resource_type, params, content)}
+        found = sorted(stored | in_bundle)
+        if len(found) != 1:
+            what = "no resource" if not found else f"{len(found)} resources"
+            raise PreconditionFailed(f"{where}: the conditional reference '{reference[:200]}' matches {what}; it "
+                                     "must match exactly one")
+        return f"{resource_type}/{found[0]}"
+
     def create(
         self, principal: Principal, resource_type: str, body: Any, if_none_exist: str,
         x_provenance: dict[str, Any] | None,
@@ -71,10 +96,22 @@ class ConditionalService:
         partition = index_partition(tenant, resource_type, GUARD_PARAM, token)
         # Guard first, then search: a committed owner's index items are visible to the search, so an
         # owner that no longer matches (deleted or changed) is the only one that may be taken over.
-        owner = self._store.guard_owner(partition)
+        owner = self._guard_owner(partition)
         ids = self._matches(tenant, resource_type, params, owner)
         existing = self._resources.read(resource_type, ids[0], tenant) if ids else None
         return CreateCondition(existing, (partition, owner))
+
+    def _guard_owner(self, partition: str) -> str | None:
+        """A guard a large transaction holds is decided once it is settled (docs/TRANSACTIONS.md)."""
+        attempt = 0
+        while True:
+            try:
+                return self._store.guard_owner(partition)
+            except Locked as locked:
+                if attempt >= LOCK_ATTEMPTS:
+                    raise
+                self._resources.settle(locked, attempt)
+                attempt += 1
 
     def update(
         self, principal: Principal, resource_type: str, params: dict[str, list[str]], body: Any,

@@ -44,6 +44,7 @@ from esus.settings import Settings
 from esus.storage.store import (
     ALL_TYPES,
     TRANSACTION_ITEM_LIMIT,
+    Locked,
     Store,
     TransientConflict,
     VersionConflict,
@@ -51,8 +52,10 @@ from esus.storage.store import (
     change_log_sort,
     unique_entries,
 )
+from esus.storage.transactions import TransactionBusy
 
 T = TypeVar("T")
+LOCK_ATTEMPTS = 6  # a write meeting a large transaction in progress waits at most ~1.5 s, then 409
 VERSION_ID = re.compile(r"[0-9]{1,18}")
 
 
@@ -135,9 +138,14 @@ class ResourceService:
         if before is None and at is not None:
             before = f"{at}|~"  # every change up to and including `at`
         partition = change_log_partition(tenant, resource_type or ALL_TYPES)
-        keys, more = self._store.change_log_keys(partition, max(count, 1), since, before)
-        keys = keys[:count]
-        versions = self._store.versions_by_change_keys(tenant, keys) if keys else []
+
+        def page() -> tuple[list[str], bool, list[Version]]:
+            keys, more = self._store.change_log_keys(partition, max(count, 1), since, before)
+            keys = keys[:count]
+            return keys, more, self._store.versions_by_change_keys(tenant, keys) if keys else []
+
+        # One page must not show part of a large transaction (docs/TRANSACTIONS.md, readers).
+        keys, more, versions = self._store.consistent(page)
         next_cursor = self._cursors.sign(tenant, binding, keys[-1]) if more and keys else None
         return HistoryPage(versions, next_cursor)
 
@@ -334,6 +342,17 @@ class ResourceService:
         )
         return write, sort_key
 
+    def settle(self, locked: Locked, attempt: int) -> None:
+        """A write met a large transaction's lock (docs/TRANSACTIONS.md): resolve it (roll it forward or
+        back when it can be decided), or wait a little while it is in progress; the caller retries. After
+        the last attempt a transaction still in progress is a 409 with Retry-After."""
+        try:
+            self._store.transactions.resolve(locked)
+        except TransactionBusy:
+            if attempt + 1 >= LOCK_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.5, 1.0) * min(0.05 * 2**attempt, 0.8))
+
     def index_entries(self, tenant: str, version: Version) -> list[IndexEntry]:
         """One entry per index item: values whose truncated tokens collide share an item."""
         return unique_entries(self._keys.entries(tenant, version))
@@ -351,12 +370,14 @@ class ResourceService:
             items = self._store.resource_write_items(write, sort_key)
 
         def transact() -> None:
-            for attempt in range(3):
+            for attempt in range(LOCK_ATTEMPTS):
                 try:
                     self._store.transact(items, write.request_token)
                     return
                 except TransientConflict:
                     _backoff(attempt)
+                except Locked as locked:
+                    self.settle(locked, attempt)
             raise Conflict("A concurrent transaction touched the same resource; retry", headers={"Retry-After": "1"})
 
         if not write.deferred_index:

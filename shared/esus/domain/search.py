@@ -103,11 +103,12 @@ class SearchService:
         count = 0 if options.summary == "count" else options.count
         listing = all(c.param.code == "_lastUpdated" for c in parsed.criteria) and \
             all(code == "_lastUpdated" for code, _ in options.sort)
+        # A page never shows part of a large transaction (docs/TRANSACTIONS.md, readers).
         if listing:
-            resources, total, decrypted = self._listing_page(tenant, resource_type, parsed.criteria, options, offset,
-                                                             count)
+            resources, total, decrypted = self._store.consistent(lambda: self._listing_page(
+                tenant, resource_type, parsed.criteria, options, offset, count))
         else:
-            found, decrypted = self._matches(tenant, resource_type, parsed.criteria)
+            found, decrypted = self._store.consistent(lambda: self._matches(tenant, resource_type, parsed.criteria))
             ordered = _sorted(resource_type, found, options.sort)
             total = len(ordered)
             resources = ordered[offset : offset + count]
@@ -130,13 +131,19 @@ class SearchService:
         if resource_type not in RESOURCE_TYPES:
             raise InvalidRequest(f"Conditional interactions on {resource_type} are not supported")
         criteria = parse_search(resource_type, params, lenient=False).criteria
-        return sorted(r["id"] for r in self._matches(tenant, resource_type, criteria)[0])
+        found = self._store.consistent(lambda: self._matches(tenant, resource_type, criteria))[0]
+        return sorted(r["id"] for r in found)
 
     def current_matches(self, tenant: str, resource_type: str, params: dict[str, list[str]], resource_id: str) -> bool:
         """Does this resource's current version match the search? (One read, no index.)"""
         criteria = parse_search(resource_type, params, lenient=False).criteria
         current = self._store.current(tenant, resource_type, resource_id)
         return bool(current and current.resource is not None and matches(current.resource, criteria))
+
+    def resource_matches(self, resource_type: str, params: dict[str, list[str]], resource: dict[str, Any]) -> bool:
+        """Does this content (e.g. a transaction entry's new resource) match the search? No read."""
+        criteria = parse_search(resource_type, params, lenient=False).criteria
+        return resource.get("resourceType") == resource_type and matches(resource, criteria)
 
     def canonical_query(self, resource_type: str, params: dict[str, list[str]]) -> str:
         """The search in normalised form: equal searches written differently give the same string."""
@@ -230,11 +237,17 @@ class SearchService:
         binding = json.dumps([PROVENANCE, sorted((c.param, c.values) for c in criteria)])
         cursor = last_value(params.get("_cursor"))
         position = self._cursors.verify(principal.tenant, binding, cursor) if cursor else None
-        keys = self._provenance_keys(principal.tenant, criteria)
+
+        def page() -> tuple[list[str], list[str], list[dict[str, Any]]]:
+            keys = self._provenance_keys(principal.tenant, criteria)
+            start = bisect.bisect_right(keys, position) if position is not None else 0
+            page_keys = keys[start : start + count]
+            by_id = {r["id"]: r for r in self._store.provenances(principal.tenant, [_id_of(k) for k in page_keys])}
+            return keys, page_keys, [by_id[_id_of(k)] for k in page_keys if _id_of(k) in by_id]
+
+        # A page never shows part of a large transaction (docs/TRANSACTIONS.md, readers).
+        keys, page_keys, resources = self._store.consistent(page)
         start = bisect.bisect_right(keys, position) if position is not None else 0
-        page_keys = keys[start : start + count]
-        by_id = {r["id"]: r for r in self._store.provenances(principal.tenant, [_id_of(k) for k in page_keys])}
-        resources = [by_id[_id_of(k)] for k in page_keys if _id_of(k) in by_id]
 
         def sign(key: str) -> str:
             return self._cursors.sign(principal.tenant, binding, key)
@@ -254,7 +267,8 @@ class SearchService:
                 found: set[str] = set()
                 for value in criterion.values:
                     ref = _reference_value(criterion.param, value)
-                    found.update(self._store.index_sort_keys(index_partition(tenant, PROVENANCE, criterion.param, ref)))
+                    partition = index_partition(tenant, PROVENANCE, criterion.param, ref)
+                    found.update(self._store.index_sort_keys(partition, resolve=True))
                 key_sets.append(found)
             elif criterion.param == "_id":
                 wanted = set(criterion.values)

@@ -8,6 +8,7 @@ deleted on the request path: a write needs nothing from the version it replaces.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Sequence
@@ -38,7 +39,8 @@ def pool() -> ThreadPoolExecutor:
 def in_parallel(calls: Sequence[Callable[[], T]]) -> list[T]:
     if len(calls) <= 1:
         return [call() for call in calls]
-    futures: list[Future[T]] = [pool().submit(call) for call in calls]
+    # Each call runs in a copy of the caller's context: a read view (esus.storage.store) follows it.
+    futures: list[Future[T]] = [pool().submit(contextvars.copy_context().run, call) for call in calls]
     wait(futures)  # all finish before any error is raised: no work outlives the request
     return [f.result() for f in futures]
 

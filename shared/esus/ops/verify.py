@@ -13,6 +13,10 @@
   writes that failed after the object was written (it is written first) and before the version's transaction:
   invisible, harmless, counted per tenant, and removed by `esus cleanup-objects`. Objects younger than a
   threshold are left alone: their write may still be committing.
+- no stuck transaction (docs/TRANSACTIONS.md): every unfinished transaction record, lock, placeholder and
+  pending item (history, Provenance, change-log, Provenance index, guard) belongs to a transaction whose
+  lease has not ended. Those of a live transaction are counted (`in_transaction`) and their resources
+  skipped; every other one is reported once per transaction, naming `esus recover-transactions`.
 
 Streaming, in bounded memory (at most one Scan or listing page, or one resource's history page, at a time), in
 four passes that need nothing from one another:
@@ -69,6 +73,7 @@ from esus.storage.store import (
     key_tenant,
     resource_key,
     split_resource_key,
+    transaction_partition,
 )
 
 RECHECKS = 3  # a resource written this often while it is checked is reported as found
@@ -89,6 +94,7 @@ class TenantReport:
     objects: int = 0
     orphaned_objects: int = 0  # older than the threshold, pointed to by no item: left by writes that failed
     removed_objects: int = 0  # orphans removed (esus cleanup-objects)
+    in_transaction: int = 0  # items of a large transaction in progress: skipped, checked once it settled
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -149,6 +155,7 @@ def verify_all(services: Services, tenant: str | None = None, repair_index: bool
     checker.check_provenance()
     checker.check_index()
     checker.check_objects(remove=False, min_age=orphan_min_age)
+    checker.report_stuck()
     return checker.report
 
 
@@ -176,6 +183,38 @@ class _Checker:
         self.only = tenant
         self.repair_index = repair_index
         self.report = VerifyReport()
+        self.transactions = services.store.transactions
+        self._live: dict[tuple[str, str], bool] = {}
+        self._stuck: Counter[tuple[str, str]] = Counter()
+
+    # ---------- large transactions (docs/TRANSACTIONS.md) ----------
+    def _in_transaction(self, tenant: str, item: dict[str, Any]) -> bool:
+        """Is the item a lock, placeholder or pending item (or an unfinished record)? Those of a live
+        transaction are counted, the others noted as stuck."""
+        txid = item.get("tx")
+        if txid is None:
+            return False
+        key = (tenant, str(txid))
+        if key not in self._live:
+            record = self.transactions.record(tenant, str(txid))
+            self._live[key] = record is not None and not record.finished and \
+                self.transactions.clock() < record.expires
+        if self._live[key]:
+            self.report.tenant(tenant).in_transaction += 1
+        else:
+            self._stuck[key] += 1
+        return True
+
+    def report_stuck(self) -> None:
+        for (tenant, txid), count in sorted(self._stuck.items()):
+            record = self.transactions.record(tenant, txid)
+            if record is None:
+                state = "no record"
+            else:
+                state = record.state + (", finished" if record.finished else ", lease ended")
+            self.report.tenant(tenant).problems.append(
+                f"stuck transaction {txid} ({state}): {count} item(s) locked or pending; run "
+                "`esus recover-transactions`")
 
     # ---------- pass 1: resources, their history, Provenance, change log and index items ----------
     def check_resources(self) -> None:
@@ -183,6 +222,11 @@ class _Checker:
             for item in page:
                 key = str(item["pk"])
                 report = self.report.tenant(key_tenant(key))
+                if self._in_transaction(key_tenant(key), item):
+                    continue  # checked once its transaction settled
+                if "v" not in item:
+                    report.problems.append(f"{key}: a current item with neither a version nor a lock")
+                    continue
                 report.resources += 1
                 problems, versions = self._resource(item)
                 for _ in range(RECHECKS):
@@ -208,9 +252,13 @@ class _Checker:
         current = self._decode(tenant, resource_type, resource_id, item, f"{key} (current item)", problems)
         written = self._write_provenance(tenant, resource_type, resource_id)
         numbers: list[int] = []
+        pending = False  # a version of a transaction not settled yet: the resource is checked once it settled
         for page in self.store.history_pages(tenant, resource_type, resource_id):
             change_log: list[tuple[int, str, tuple[str, str]]] = []
             for version_item in page:
+                if self._in_transaction(tenant, version_item):
+                    pending = True
+                    continue
                 number = int(version_item["v"])
                 numbers.append(number)
                 version = self._decode(tenant, resource_type, resource_id, version_item, f"{key} v{number}", problems)
@@ -227,6 +275,8 @@ class _Checker:
             present = self._index_present(key for _, _, key in change_log)
             problems += [f"{key} v{number}: missing from the {level} change log"
                          for number, level, index_key in change_log if index_key not in present]
+        if pending:
+            return [], len(numbers)
         if numbers != list(range(1, current_number + 1)):
             problems.insert(0, f"{key}: history versions {numbers} are not 1..{current_number}")
         refs = [str(ref) for ref in item.get("idx") or ()]
@@ -291,6 +341,8 @@ class _Checker:
                 key = str(item["pk"])
                 tenant = key_tenant(key)
                 report = self.report.tenant(tenant)
+                if self._in_transaction(tenant, item):
+                    continue
                 report.provenances += 1
                 try:
                     record = self.store.decode_provenance(tenant, item)
@@ -310,7 +362,15 @@ class _Checker:
             searchable: list[IndexEntry] = []
             for item in page:
                 partition, sort = str(item["pk"]), str(item["sk"])
-                self.report.tenant(key_tenant(partition)).index_items += 1
+                tenant = key_tenant(partition)
+                self.report.tenant(tenant).index_items += 1
+                if partition == transaction_partition(tenant):
+                    if not item.get("fin"):  # an unfinished record: live, or stuck
+                        self._in_transaction(tenant, {"sk": sort, "tx": sort})
+                    continue
+                if "tx" in item:
+                    self._in_transaction(tenant, item)
+                    continue
                 if is_search_partition(partition):
                     searchable.append(IndexEntry(partition, sort, parse_sort_key(sort)[0]))
             stale = self._unowned(searchable)
@@ -327,9 +387,11 @@ class _Checker:
             return resource_key(tenant, resource_type, entry.resource_id)
 
         owners = self.store.get_many(self.settings.resources_table, [{"pk": owner(e)} for e in entries],
-                                     attributes=("pk", "idx"))
+                                     attributes=("pk", "idx", "tx"))
         owned = {(str(o["pk"]), str(ref)) for o in owners for ref in o.get("idx") or ()}
-        return [e for e in entries if (owner(e), e.ref) not in owned]
+        # A locked owner's pending version may own items its current `idx` does not list yet.
+        locked = {str(o["pk"]) for o in owners if "tx" in o}
+        return [e for e in entries if (owner(e), e.ref) not in owned and owner(e) not in locked]
 
     # ---------- pass 4: every object is a version's body ----------
     def check_objects(self, remove: bool, min_age: timedelta) -> None:

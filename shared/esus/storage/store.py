@@ -7,7 +7,12 @@ A version whose sealed body does not fit an item (and every Binary) keeps it in 
 versions it is sealed under) instead of doc and phi.
 provenance pk=tenant|id                      Provenance records (immutable)
 index      pk=tenant|type|param|key, sk=id|version  search index items (docs/SEARCH.md), written in or
-           beside the transaction of the version they describe; change log and Provenance index items
+           beside the transaction of the version they describe; change log and Provenance index items;
+           transaction records pk=tenant|_txn, sk=txid (docs/TRANSACTIONS.md)
+
+Large transactions (docs/TRANSACTIONS.md) lock current items (`tx`, `txv`) and mark the items they stage
+(`tx`). Every reader here resolves them through the transaction record; every conditional write here
+refuses to overwrite a locked item. The protocol itself is esus.storage.transactions.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -28,6 +34,11 @@ from esus.security.crypto import FieldContext
 from esus.security.phi import ResourceCodec
 from esus.settings import Settings
 from esus.storage.objects import ObjectStore, digest_of, object_key, pack, unpack
+
+if TYPE_CHECKING:
+    from esus.storage.transactions import TransactionStore
+
+R = TypeVar("R")
 
 # The key schema the code relies on, per Settings field (env ESUS_<FIELD>); tests hold template.yaml to it.
 TABLE_KEYS: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -56,6 +67,16 @@ class VersionConflict(Conflict):
         self.current_deleted = current_deleted
 
 
+class Locked(Conflict):
+    """A conditional write met an item locked by a large transaction (docs/TRANSACTIONS.md). Writers
+    resolve it (esus.storage.transactions.TransactionStore.resolve) and retry; unresolved it is a 409."""
+
+    def __init__(self, tenant: str, txid: str, table: str, key: dict[str, Any]) -> None:
+        super().__init__("A transaction in progress holds this resource; nothing was stored. Retry.",
+                         headers={"Retry-After": "1"})
+        self.tenant, self.txid, self.table, self.key = tenant, txid, table, key
+
+
 @dataclass(frozen=True)
 class TransientConflict(Exception):
     """DynamoDB cancelled the transaction because another one touched the same items."""
@@ -81,6 +102,48 @@ def change_log_partition(tenant: str, resource_type: str) -> str:
 
 def change_log_sort(version: Version) -> str:
     return f"{version.last_updated}|{version.resource_type}|{version.resource_id}|{version.version:012d}"
+
+
+def transaction_partition(tenant: str) -> str:
+    """Large transactions' records (docs/TRANSACTIONS.md): one partition per tenant, sort key = txid."""
+    return f"{tenant}|_txn"
+
+
+COMMITTED, PENDING, ABORTED = "committed", "pending", "aborted"
+LOCK_ATTRIBUTES = ("tx", "txv")  # on a current item: the transaction and the version it is writing
+
+
+@dataclass(frozen=True)
+class TxnState:
+    """What a transaction record says (None: no record, which readers treat as not committed)."""
+
+    state: str
+    expires: float  # the lease's end, epoch seconds
+    finished: bool = False
+
+
+@dataclass
+class ReadView:
+    """One multi-item read (docs/TRANSACTIONS.md, readers): transaction states met so far, and those that
+    turned out committed for the first time during this pass (the read is then done once more)."""
+
+    states: dict[str, TxnState | None] = field(default_factory=dict)
+    known_committed: set[str] = field(default_factory=set)
+    fresh: set[str] = field(default_factory=set)
+
+    def met_committed(self, txid: str) -> None:
+        if txid not in self.known_committed:
+            self.fresh.add(txid)
+
+    def next_pass(self) -> None:
+        self.known_committed |= self.fresh
+        self.fresh = set()
+        # Final states stay; a pending one may have changed meanwhile.
+        self.states = {t: s for t, s in self.states.items() if s is not None and s.state != PENDING}
+
+
+_VIEW: ContextVar[ReadView | None] = ContextVar("esus_read_view", default=None)
+READ_PASSES = 3
 
 
 def key_tenant(key: str) -> str:
@@ -117,6 +180,7 @@ class Store:
         self._ddb = dynamodb
         self._codec = codec
         self._objects = objects
+        self._transactions: TransactionStore | None = None
 
     @property
     def objects(self) -> ObjectStore:
@@ -130,7 +194,7 @@ class Store:
             ConsistentRead=True,
         )
         item = response.get("Item")
-        return self._version(tenant, resource_type, resource_id, _plain(item)) if item else None
+        return self._resolved_current(tenant, resource_type, resource_id, _plain(item)) if item else None
 
     def version(self, tenant: str, resource_type: str, resource_id: str, vid: int) -> Version | None:
         response = self._ddb.get_item(
@@ -139,7 +203,9 @@ class Store:
             ConsistentRead=True,
         )
         item = response.get("Item")
-        return self._version(tenant, resource_type, resource_id, _plain(item)) if item else None
+        if not item or not self._visible(tenant, plain := _plain(item)):
+            return None
+        return self._version(tenant, resource_type, resource_id, plain)
 
     def history(
         self, tenant: str, resource_type: str, resource_id: str, count: int, since: str | None,
@@ -162,9 +228,10 @@ class Store:
         if since:
             kwargs["FilterExpression"] = "lu >= :since"
             values[":since"] = _av(since)
-        items = self._ddb.query(**kwargs).get("Items", [])
-        versions = [self._version(tenant, resource_type, resource_id, _plain(i)) for i in items]
-        return versions[:count], len(versions) > count
+        items = [_plain(i) for i in self._ddb.query(**kwargs).get("Items", [])]
+        more = len(items) > count
+        versions = [self._version(tenant, resource_type, resource_id, i) for i in items if self._visible(tenant, i)]
+        return versions[:count], more
 
     def change_log_keys(
         self, partition: str, count: int, since: str | None, before: str | None
@@ -182,11 +249,14 @@ class Store:
             values[":before"] = _av(before)
         response = self._ddb.query(
             TableName=self._s.index_table, KeyConditionExpression=condition, ExpressionAttributeValues=values,
-            ProjectionExpression="sk", ScanIndexForward=False, Limit=count + 1, ConsistentRead=True,
+            ProjectionExpression="sk, tx, ltx, ltxe", ScanIndexForward=False, Limit=count + 1, ConsistentRead=True,
         )
-        keys = [item["sk"]["S"] for item in response.get("Items", [])]
-        keys = [k for k in keys if before is None or k < before]
-        return keys[:count], len(keys) > count
+        tenant = key_tenant(partition)
+        items = [_plain(i) for i in response.get("Items", [])]
+        items = [i for i in items if before is None or str(i["sk"]) < before]
+        more = len(items) > count
+        keys = [str(i["sk"]) for i in items if self._visible(tenant, i)]
+        return keys[:count], more
 
     def versions_by_change_keys(self, tenant: str, sort_keys: Sequence[str]) -> list[Version]:
         """The history items that change-log sort keys point at, in the same order (one BatchGetItem)."""
@@ -195,6 +265,8 @@ class Store:
         found: dict[tuple[str, int], Version] = {}
         for item in self._batch_get(self._s.history_table, keys):
             plain = _plain(item)
+            if not self._visible(tenant, plain):
+                continue
             _, resource_type, resource_id = str(plain["pk"]).split("|", 2)
             version = self._version(tenant, resource_type, resource_id, plain)
             found[(version.reference, version.version)] = version
@@ -202,30 +274,43 @@ class Store:
 
     def currents(self, tenant: str, resource_type: str, ids: Sequence[str]) -> list[Version]:
         keys = [{"pk": _av(resource_key(tenant, resource_type, i))} for i in ids]
-        items = self._batch_get(self._s.resources_table, keys)
-        found = []
-        for item in items:
-            plain = _plain(item)
-            found.append(self._version(tenant, resource_type, str(plain["pk"]).rsplit("|", 1)[1], plain))
+        items = [_plain(item) for item in self._batch_get(self._s.resources_table, keys)]
+        found: list[Version] = []
+        pending: list[dict[str, Any]] = []  # locked by a committed transaction: the version is its history item
+        for plain in items:
+            resource_id = str(plain["pk"]).rsplit("|", 1)[1]
+            if "tx" in plain and self._committed(tenant, str(plain["tx"])):
+                pending.append({"pk": plain["pk"], "v": int(plain["txv"])})
+            elif "tx" not in plain or "v" in plain:  # else a placeholder of a transaction not committed
+                if "tx" not in plain:
+                    self._note_rolled_forward(plain)
+                found.append(self._version(tenant, resource_type, resource_id, plain))
+        for item in self.get_many(self._s.history_table, pending) if pending else ():
+            found.append(self._version(tenant, resource_type, str(item["pk"]).rsplit("|", 1)[1], item))
         return found
 
     def provenances(self, tenant: str, ids: Sequence[str]) -> list[dict[str, Any]]:
         keys = [{"pk": _av(resource_key(tenant, "Provenance", i))} for i in ids]
-        return [self._provenance(tenant, _plain(item)) for item in self._batch_get(self._s.provenance_table, keys)]
+        items = [_plain(item) for item in self._batch_get(self._s.provenance_table, keys)]
+        return [self._provenance(tenant, item) for item in items if self._visible(tenant, item)]
 
-    def index_sort_keys(self, partition: str) -> list[str]:
-        """All sort keys of one index partition (keys only: small items, one Query per 1 MB)."""
+    def index_sort_keys(self, partition: str, resolve: bool = False) -> list[str]:
+        """All sort keys of one index partition (keys only: small items, one Query per 1 MB). `resolve`:
+        leave out items a large transaction marked and has not committed (Provenance index items; search
+        index items are never marked: searches re-check every candidate's current version)."""
         sort_keys: list[str] = []
+        tenant = key_tenant(partition)
         kwargs: dict[str, Any] = {
             "TableName": self._s.index_table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": _av(partition)},
-            "ProjectionExpression": "sk",
+            "ProjectionExpression": "sk, tx, ltx, ltxe" if resolve else "sk",
             "ConsistentRead": True,
         }
         while True:
             response = self._ddb.query(**kwargs)
-            sort_keys.extend(item["sk"]["S"] for item in response.get("Items", []))
+            items = [_plain(i) for i in response.get("Items", [])]
+            sort_keys.extend(str(i["sk"]) for i in items if not resolve or self._visible(tenant, i))
             if "LastEvaluatedKey" not in response:
                 return sort_keys
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
@@ -254,6 +339,85 @@ class Store:
                     "BatchGetItem",
                 )
         return items
+
+    # ---------- large transactions: the readers' side (docs/TRANSACTIONS.md) ----------
+    @property
+    def transactions(self) -> TransactionStore:
+        """The protocol: staging, commit, roll forward and back, recovery (esus.storage.transactions)."""
+        if self._transactions is None:
+            from esus.storage.transactions import TransactionStore
+
+            self._transactions = TransactionStore(self, self._s, self._ddb)
+        return self._transactions
+
+    def consistent(self, read: Callable[[], R]) -> R:
+        """Run a multi-item read so that it never shows part of a large transaction: when it met one that
+        turned out committed for the first time, it may have read other items of it before the commit,
+        so it reads once more (then every item of that transaction shows the committed state)."""
+        if _VIEW.get() is not None:
+            return read()  # nested: the outermost read decides
+        view = ReadView()
+        token = _VIEW.set(view)
+        try:
+            result = read()
+            for _ in range(READ_PASSES - 1):
+                if not view.fresh:
+                    break
+                view.next_pass()
+                result = read()
+            return result
+        finally:
+            _VIEW.reset(token)
+
+    def txn_state(self, tenant: str, txid: str) -> TxnState | None:
+        """The record's state (one GetItem, cached for the read view), None when there is no record."""
+        view = _VIEW.get()
+        if view is not None and txid in view.states:
+            state = view.states[txid]
+        else:
+            response = self._ddb.get_item(
+                TableName=self._s.index_table, Key={"pk": _av(transaction_partition(tenant)), "sk": _av(txid)},
+                ConsistentRead=True, ProjectionExpression="#s, #e, #f",
+                ExpressionAttributeNames={"#s": "st", "#e": "exp", "#f": "fin"})
+            item = response.get("Item")
+            state = TxnState(item["st"]["S"], float(item["exp"]["N"]), "fin" in item) if item else None
+            if view is not None:
+                view.states[txid] = state
+        if view is not None and state is not None and state.state == COMMITTED:
+            view.met_committed(txid)
+        return state
+
+    def _committed(self, tenant: str, txid: str) -> bool:
+        state = self.txn_state(tenant, txid)
+        return state is not None and state.state == COMMITTED
+
+    def _note_rolled_forward(self, item: dict[str, Any]) -> None:
+        """An item a roll-forward wrote, within its lease: a multi-item read may have read other items of
+        that transaction before it committed."""
+        view = _VIEW.get()
+        if view is not None and "ltx" in item and float(item.get("ltxe", 0)) > time.time():
+            view.met_committed(str(item["ltx"]))
+
+    def _visible(self, tenant: str, item: dict[str, Any]) -> bool:
+        """A history, Provenance or change-log item: visible unless a transaction that has not committed
+        marked it."""
+        if "tx" not in item:
+            self._note_rolled_forward(item)
+            return True
+        return self._committed(tenant, str(item["tx"]))
+
+    def _resolved_current(self, tenant: str, resource_type: str, resource_id: str,
+                          item: dict[str, Any]) -> Version | None:
+        """A current item as readers must see it: through its lock, if it has one."""
+        if "tx" not in item:
+            self._note_rolled_forward(item)
+            return self._version(tenant, resource_type, resource_id, item)
+        if self._committed(tenant, str(item["tx"])):  # the pending version is the current one
+            pending = self._ddb.get_item(
+                TableName=self._s.history_table, Key={"pk": _av(item["pk"]), "v": _av(int(item["txv"]))},
+                ConsistentRead=True).get("Item")
+            return self._version(tenant, resource_type, resource_id, _plain(pending)) if pending else None
+        return self._version(tenant, resource_type, resource_id, item) if "v" in item else None
 
     # ---------- decoding ----------
     def decode_version(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any]) -> Version:
@@ -366,16 +530,19 @@ class Store:
                 )
 
     def change_log_entries(self, partition: str) -> list[tuple[str, bool]]:
-        """Every entry of a change-log partition, oldest first, keys and delete flags only."""
+        """Every entry of a change-log partition, oldest first, keys and delete flags only (entries of a
+        large transaction that has not committed are left out)."""
         found: list[tuple[str, bool]] = []
+        tenant = key_tenant(partition)
         kwargs: dict[str, Any] = {
             "TableName": self._s.index_table, "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": _av(partition)}, "ProjectionExpression": "sk, #d",
+            "ExpressionAttributeValues": {":pk": _av(partition)}, "ProjectionExpression": "sk, #d, tx, ltx, ltxe",
             "ExpressionAttributeNames": {"#d": "del"}, "ConsistentRead": True,
         }
         while True:
             response = self._ddb.query(**kwargs)
-            found.extend((i["sk"]["S"], bool(i.get("del", {}).get("BOOL", False))) for i in response.get("Items", []))
+            items = [_plain(i) for i in response.get("Items", [])]
+            found.extend((str(i["sk"]), bool(i.get("del", False))) for i in items if self._visible(tenant, i))
             if "LastEvaluatedKey" not in response:
                 return found
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
@@ -384,19 +551,33 @@ class Store:
         assert write.unique_guard is not None
         partition, stale_id = write.unique_guard
         put: dict[str, Any] = {"TableName": self._s.index_table,
-                               "Item": _item({"pk": partition, "sk": "-", "rid": write.version.resource_id})}
+                               "Item": _item({"pk": partition, "sk": "-", "rid": write.version.resource_id}),
+                               "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         if stale_id is None:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
         else:  # the guarded resource no longer matches: take the guard over, unless someone else did
-            put["ConditionExpression"] = "rid = :stale"
+            put["ConditionExpression"] = "rid = :stale AND attribute_not_exists(tx)"
             put["ExpressionAttributeValues"] = {":stale": _av(stale_id)}
         return {"Put": put}
 
     def guard_owner(self, partition: str) -> str | None:
+        """The resource a conditional-create guard names. A guard a large transaction holds names its new
+        owner once the transaction committed, its previous one if it did not; while it is pending nobody
+        can tell: Locked (the writer resolves it)."""
         response = self._ddb.get_item(TableName=self._s.index_table, Key={"pk": _av(partition), "sk": _av("-")},
                                       ConsistentRead=True)
         item = response.get("Item")
-        return str(item["rid"]["S"]) if item else None
+        if not item:
+            return None
+        plain = _plain(item)
+        if "tx" in plain:
+            tenant, txid = key_tenant(partition), str(plain["tx"])
+            state = self.txn_state(tenant, txid)
+            if state is None or state.state == ABORTED:
+                return str(plain["prev"]) if plain.get("prev") else None
+            if state.state == PENDING:
+                raise Locked(tenant, txid, self._s.index_table, {"pk": partition, "sk": "-"})
+        return str(plain["rid"])
 
     def index_delete(self, ref: str) -> dict[str, Any]:
         entry = IndexEntry.from_ref(ref)
@@ -422,8 +603,8 @@ class Store:
         }
         if write.expected_version is None:
             put_current["ConditionExpression"] = "attribute_not_exists(pk)"
-        else:
-            condition = "v = :expected"
+        else:  # never over a locked item (docs/TRANSACTIONS.md)
+            condition = "v = :expected AND attribute_not_exists(tx)"
             values = {":expected": _av(write.expected_version)}
             if write.expected_deleted is not None:
                 condition += " AND del = :deleted"
@@ -501,8 +682,8 @@ class Store:
     ) -> bool:
         """Re-seal one resources/history item under the current key version (and, for current items,
         move its index items to current-version tokens), conditioned on the version it had."""
-        if not self._is_stale(item, current_kv):
-            return False
+        if "tx" in item or not self._is_stale(item, current_kv):
+            return False  # a large transaction's item: its roll-forward or roll-back rewrites it
         tenant, resource_type, resource_id = str(item["pk"]).split("|", 2)
         version = self._version(tenant, resource_type, resource_id, item)
         attrs = self.encode_version(tenant, version)
@@ -511,7 +692,8 @@ class Store:
         old_refs = set(version.index_refs)
         extra = {"idx": new_refs or None} if index_entries else {"m": version.method, "st": version.status}
         put = {"TableName": table, "Item": _item({"pk": item["pk"], **attrs, **extra}),
-               "ConditionExpression": "v = :v", "ExpressionAttributeValues": {":v": _av(version.version)}}
+               "ConditionExpression": "v = :v AND attribute_not_exists(tx)",
+               "ExpressionAttributeValues": {":v": _av(version.version)}}
         # Search index items go beside the transaction (a Patient has more than one transaction holds):
         # new keys first, then the version, then the old keys; a crash leaves extra items, never missing ones.
         self.put_index_items([e for e in new_entries if e.ref not in old_refs])
@@ -523,12 +705,12 @@ class Store:
         return True
 
     def reencrypt_provenance_item(self, item: dict[str, Any], current_kv: str) -> bool:
-        if not self._is_stale(item, current_kv):
+        if "tx" in item or not self._is_stale(item, current_kv):
             return False
         tenant = str(item["pk"]).split("|", 1)[0]
         record = self._provenance(tenant, item)
         put = self.provenance_put(tenant, record, str(item["rec"]))["Put"]
-        put["ConditionExpression"] = "attribute_exists(pk)"
+        put["ConditionExpression"] = "attribute_exists(pk) AND attribute_not_exists(tx)"
         self.transact([{"Put": put}], str(uuid.uuid4()))
         return True
 
@@ -555,6 +737,7 @@ class Store:
                 raise
             reasons = exc.response.get("CancellationReasons") or []
             codes = [r.get("Code", "None") for r in reasons]
+            _raise_if_locked(items, reasons)
             if codes and codes[0] == "ConditionalCheckFailed":
                 old = _plain(dict(reasons[0].get("Item") or {}))
                 raise VersionConflict(
@@ -566,6 +749,16 @@ class Store:
             if "TransactionConflict" in codes:
                 raise TransientConflict("TransactionConflict") from None
             raise
+
+
+def _raise_if_locked(items: list[dict[str, Any]], reasons: Sequence[Any]) -> None:
+    """A condition failed on an item a large transaction holds: Locked, so the writer can resolve it."""
+    for op, reason in zip(items, reasons, strict=False):
+        old = _plain(dict(reason.get("Item") or {})) if reason.get("Code") == "ConditionalCheckFailed" else {}
+        if "tx" in old:
+            body = next(iter(op.values()))
+            key: dict[str, Any] = {k: old[k] for k in ("pk", "sk") if k in old}
+            raise Locked(key_tenant(str(old["pk"])), str(old["tx"]), str(body["TableName"]), key)
 
 
 def unique_entries(entries: Sequence[IndexEntry]) -> list[IndexEntry]:
