@@ -305,6 +305,7 @@ class ResourceService:
         )
         record = prov.finalize(record, str(uuid.uuid4()), version.last_updated)
         sort_key = prov.recorded_key(record["recorded"])
+        index_kv = self._keys.current_version()
         write = ResourceWrite(
             tenant=principal.tenant,
             version=version,
@@ -314,7 +315,8 @@ class ResourceService:
             stale_index_refs=[],
             deferred_index=self.index_entries(principal.tenant, version),
             provenance=record,
-            provenance_index=prov.index_entries(principal.tenant, record, sort_key),
+            provenance_index=self.provenance_index(principal.tenant, record, sort_key, index_kv),
+            provenance_index_kv=index_kv,
             change_log=[
                 IndexEntry(change_log_partition(principal.tenant, level), change_log_sort(version), version.resource_id,
                            version.deleted)
@@ -327,6 +329,14 @@ class ResourceService:
     def index_entries(self, tenant: str, version: Version) -> list[IndexEntry]:
         """One entry per index item: values whose truncated tokens collide share an item."""
         return unique_entries(self._keys.entries(tenant, version))
+
+    def provenance_index(
+        self, tenant: str, record: dict[str, Any], sort_key: str, key_version: str | None
+    ) -> list[IndexEntry]:
+        """A Provenance record's index items with tokens under `key_version`; None: the clear keys items
+        had before Provenance references were tokenised (only ever looked up to remove them)."""
+        token = self._keys.provenance_token(tenant, key_version) if key_version else prov.clear_reference
+        return prov.index_entries(tenant, record, sort_key, token)
 
     def _commit(
         self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,

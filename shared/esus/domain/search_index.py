@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
+from esus.domain.fhir import PROVENANCE
+from esus.domain.search_legacy import PROVENANCE_REFERENCE_PARAMS
 from esus.domain.search_params import SearchParam, params_for
 from esus.domain.search_semantics import index_terms
 from esus.model import IndexEntry, Version
@@ -50,6 +52,13 @@ def sort_key(resource_id: str, version: int) -> str:
 def parse_sort_key(sort: str) -> tuple[str, int]:
     resource_id, _, version = sort.rpartition("|")
     return resource_id, int(version) if version.isdigit() else 0
+
+
+# Provenance keeps its own index (not the generated table), but its references get keyed tokens like every
+# reference parameter: a target or agent may be a patient, and no index key may name one.
+PROVENANCE_REFERENCES: dict[str, SearchParam] = {
+    code: SearchParam(PROVENANCE, code, "reference", "", clear=False) for code in PROVENANCE_REFERENCE_PARAMS
+}
 
 
 def search_entry_from_ref(ref: str) -> IndexEntry:
@@ -93,6 +102,18 @@ class SearchKeys:
         if param.clear:
             return [term]
         return sorted({self.key(tenant, param, term, kv) for kv in self._keyring.versions()})
+
+    def current_version(self) -> str:
+        return self._keyring.current_version()
+
+    def provenance_token(self, tenant: str, key_version: str) -> Callable[[str, str], str]:
+        """(Provenance parameter, `Type/id`) -> its index key under one key version (128-bit token)."""
+        return lambda code, reference: self.key(tenant, PROVENANCE_REFERENCES[code], reference, key_version)
+
+    def provenance_partitions(self, tenant: str, code: str, reference: str) -> list[str]:
+        """The partitions a Provenance reference is found in, under every live key version."""
+        param = PROVENANCE_REFERENCES[code]
+        return [self.partition(tenant, param, key) for key in self.lookup_keys(tenant, param, reference)]
 
     def partition(self, tenant: str, param: SearchParam, key: str) -> str:
         return index_partition(tenant, param.resource_type, param.code, key)
