@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -15,10 +14,8 @@ from typing import Any
 import pytest
 
 from esus.domain.search_legacy import normalise_email, normalise_phone
-from esus.domain.search_semantics import fold
 from tests.conftest import EXAMPLES, REPO, SYNTHEA, RunningStack, new_tenant
-
-MIN_PROBE = 5  # shorter strings could occur by chance inside kilobytes of ciphertext
+from tests.e2e.phi_scan import TABLES, assert_no_phi_in_clear
 
 
 def _patients() -> list[dict[str, Any]]:
@@ -27,52 +24,6 @@ def _patients() -> list[dict[str, Any]]:
         bundle = json.loads(bundle_path.read_text(encoding="utf-8"))
         found += [e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] == "Patient"]
     return found
-
-
-def _phi_values(patient: dict[str, Any]) -> set[str]:
-    values: set[str] = set()
-    for name in patient.get("name", []):
-        values.update(name.get("given", []))
-        values.update(filter(None, [name.get("family"), name.get("text")]))
-    values.update(t["value"] for t in patient.get("telecom", []) if t.get("value"))
-    values.update(i["value"] for i in patient.get("identifier", []) if i.get("value"))
-    for address in patient.get("address", []):
-        values.update(address.get("line", []))
-        values.update(filter(None, [address.get("text"), address.get("postalCode"), address.get("city")]))
-    if patient.get("birthDate"):
-        values.add(patient["birthDate"])
-    return {v for v in values if len(v) >= MIN_PROBE}
-
-
-def _normalised_values(patient: dict[str, Any]) -> set[str]:
-    """The forms search normalises PHI to (folded words and prefixes are what string tokens are made of;
-    digits-only phones, lower-case emails, a birth date's month): none may be stored in clear either."""
-    values = {fold(v) for v in _phi_values(patient)}
-    for name in patient.get("name", []):
-        values.update(fold(w) for w in [*name.get("given", []), name.get("family") or ""])
-    for address in patient.get("address", []):
-        values.update(fold(w) for w in [*address.get("line", []), address.get("city") or ""])
-    for telecom in patient.get("telecom", []):
-        if telecom.get("system") == "phone" and telecom.get("value"):
-            values.add(normalise_phone(telecom["value"]))
-        if telecom.get("system") == "email" and telecom.get("value"):
-            values.add(normalise_email(telecom["value"]))
-    if patient.get("birthDate"):
-        values.add(patient["birthDate"][:7])
-    return {v for v in values if len(v) >= MIN_PROBE}
-
-
-def _without_own_ids(item: dict[str, Any], tenant: str) -> str:
-    """An item's text with a patient's OWN id blanked where it is the item's identity (its resource and
-    history keys and clear `id`, the sort keys of its own search items, its change-log entries): what
-    remains must never name a patient (a reference, in a key or anywhere else)."""
-    text = json.dumps(item)
-    pk, sort = item["pk"]["S"], item.get("sk", {}).get("S", "")
-    change_log = pk.startswith(f"{tenant}|_changes|")  # sort key lastUpdated|Type|id|version
-    if pk.startswith(f"{tenant}|Patient|") or (change_log and sort.split("|")[1:2] == ["Patient"]):
-        own = item["rid"]["S"] if "rid" in item else pk.rsplit("|", 1)[1]
-        text = text.replace(own, "~")
-    return text
 
 
 @pytest.fixture(scope="module")
@@ -108,34 +59,8 @@ def loaded(stack: RunningStack) -> dict[str, Any]:
 def test_no_phi_plaintext_in_any_table_or_log(stack: RunningStack, loaded: dict[str, Any]) -> None:
     """Every item of every table (the Provenance index and the change log included): no name, address,
     birth date, phone, email or identifier, as stored or normalised, and no reference to a patient."""
-    probes = set().union(*(_phi_values(p) for p in loaded["patients"]))
-    normalised = set().union(*(_normalised_values(p) for p in loaded["patients"])) - probes
-    assert len(probes) > 200 and len(normalised) > 100
-    text_parts: list[bytes] = []
-    ciphertexts: list[bytes] = []
-    for table in ("ResourcesTable", "HistoryTable", "ProvenanceTable", "IndexTable"):
-        for item in stack.scan(table):
-            sealed = item.pop("phi", {}).get("M", {})
-            ciphertexts.extend(v["B"] for v in sealed.values())
-            # every other attribute is text or a number
-            text_parts.append(_without_own_ids(item, loaded["tenant"]).encode())
-    assert sum(b"|Provenance|target|" in p for p in text_parts) >= len(loaded["ids"])
-    text = b"\n".join(text_parts)
-    referenced = sorted(pid for pid in loaded["ids"] if pid.encode() in text)
-    assert not referenced, f"patients referenced in clear: {referenced[:5]}"
-    # Ids, tokens and timestamps are server-made hex/digits: a short numeric probe (a postal code, an MRN)
-    # can occur inside them by chance, so they are blanked before probing. Ciphertexts are probed raw.
-    noise = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|k[0-9]+\.[0-9a-f]+|"
-                       rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z")
-    clear = noise.sub(b"~", text)
-    raw = clear + b"\n" + b"\n".join(ciphertexts)
-    leaked = sorted(p for p in probes if p.encode() in raw or json.dumps(p)[1:-1].encode() in raw)
-    assert not leaked, f"PHI stored in clear: {leaked[:10]}"
-    folded = clear.decode().casefold()  # normalised forms: in any case, in the clear text (not ciphertexts)
-    leaked = sorted(p for p in normalised if p in folded or json.dumps(p)[1:-1] in folded)
-    assert not leaked, f"normalised PHI stored in clear: {leaked[:10]}"
-    logs = "".join(stack.output)
-    assert not [p for p in probes if p in logs]
+    items = [item for table in TABLES for item in stack.scan(table)]
+    assert_no_phi_in_clear(items, loaded["patients"], loaded["ids"], "".join(stack.output))
 
 
 def test_every_phone_and_email_finds_exactly_its_patients(stack: RunningStack, loaded: dict[str, Any]) -> None:
