@@ -1,7 +1,7 @@
 """Crashes between every pair of steps of a write whose search index items go beside its transaction
 (docs/SEARCH.md, "Crashes between steps"): a large resource's single write (its TransactWriteItems and
 its BatchWriteItem calls run side by side, so any subset of them may have finished) and a transaction
-Bundle (its TransactWriteItems, then its BatchWriteItem calls one after another).
+Bundle (its TransactWriteItems, then its BatchWriteItem calls side by side).
 
 After each crash: no search returns a resource whose current version does not match it; `esus verify`
 reports exactly the missing items of a committed version (and counts orphans and older versions' items
@@ -60,24 +60,28 @@ class Crash(Exception):
     """The process died here: this call never reaches DynamoDB, and neither does any later one of its kind."""
 
 
-def crash_after(local: InProcessStack, transactions: int, batches: int) -> None:
+def crash_after(local: InProcessStack, transactions: int, batches: int) -> Counter[str]:
     """Let the first `transactions` TransactWriteItems and the first `batches` BatchWriteItem calls
     through, then crash every later one (calls that run side by side finish in any order: every
-    combination is a state a real crash can leave)."""
+    combination is a state a real crash can leave). Returns, as the write goes on, how many index items
+    the BatchWriteItem calls let through carried ("items")."""
     lock = threading.Lock()
     seen: Counter[str] = Counter()
     allowed = {"transact_write_items": transactions, "batch_write_item": batches}
 
     def fault_for(operation: str) -> Callable[[dict[str, Any]], None]:
-        def fault(_: dict[str, Any]) -> None:
+        def fault(kwargs: dict[str, Any]) -> None:
             with lock:
                 seen[operation] += 1
                 if seen[operation] > allowed[operation]:
                     raise Crash(operation)
+                if operation == "batch_write_item":
+                    seen["items"] += sum(len(requests) for requests in kwargs["RequestItems"].values())
         return fault
 
     for operation in WRITES:
         local.ddb.faults[operation] = fault_for(operation)
+    return seen
 
 
 def restart(local: InProcessStack) -> None:
@@ -161,10 +165,11 @@ def test_crash_during_a_large_update(local: InProcessStack, transactions: int, b
     old_items, new_items = index_count(OLD), index_count(NEW)
     needed = -(-new_items // BATCH_WRITE_LIMIT)
     assert new_items > 100 and needed <= NEW_BATCHES  # beside the transaction, in `needed` BatchWriteItem calls
-    crash_after(local, transactions, batches)
+    passed = crash_after(local, transactions, batches)
     result = local.request("PUT", "/Patient/big", NEW, headers={"If-Match": 'W/"1"'})
     restart(local)
-    committed, written = transactions == 1, min(batches * BATCH_WRITE_LIMIT, new_items)
+    committed, written = transactions == 1, passed["items"]
+    assert passed["batch_write_item"] == needed  # every chunk is sent, side by side with the transaction
     assert result.status == (200 if committed and batches >= needed else 500), result.body[:300]
     assert (_current(local, "Patient/big") or {})["name"][0]["family"] == ("Newfamily" if committed else "Oldfamily")
     check_searches(local, PATIENT_QUERIES, ["Patient/big"], exact=False)
@@ -206,18 +211,19 @@ BUNDLE_QUERIES = [
 
 @pytest.mark.parametrize("point", range(7))
 def test_crash_during_a_transaction_bundle(local: InProcessStack, point: int) -> None:
-    """point 0: before the transaction; 1: after it, before any deferred item; n: after n-1 BatchWriteItem calls."""
+    """point 0: before the transaction; 1: after it, before any deferred item; n: after n-1 of its
+    BatchWriteItem calls (which ones: whichever ran first)."""
     before = local.request("PUT", "/Observation/o0", observation("o0", "8867-4", 99, 1))
     assert before.status == 201
     items = [index_count(e["resource"]) for e in BUNDLE["entry"]]
     total, needed = sum(items), -(-sum(items) // BATCH_WRITE_LIMIT)
     assert needed + 1 <= 6, needed  # the points cover every step, the last one is a full success
     old_o0 = index_count(observation("o0", "8867-4", 99, 1))
-    crash_after(local, min(point, 1), max(point - 1, 0))
+    passed = crash_after(local, min(point, 1), max(point - 1, 0))
     result = local.request("POST", "", BUNDLE)
     restart(local)
     committed = point >= 1
-    written = min(max(point - 1, 0) * BATCH_WRITE_LIMIT, total)
+    written = passed["items"]
     assert result.status == (200 if committed and point - 1 >= needed else 500), result.body[:300]
     assert (_current(local, "Patient/p1") is not None) == committed
     check_searches(local, BUNDLE_QUERIES, BUNDLE_REFS, exact=False)

@@ -14,6 +14,7 @@ from typing import Any
 from esus.domain.conditional import ConditionalService
 from esus.domain.fhir import RESOURCE_TYPES, now_instant, require_id
 from esus.domain.resources import ResourceService, same_content
+from esus.domain.search_index import in_parallel, index_writes
 from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PreconditionFailed
 from esus.model import IndexEntry, Version
 from esus.security.auth import CREATE, Principal
@@ -107,7 +108,7 @@ class BundleService:
             items += entry_items
         if items:
             self._commit(items)
-            self._store.put_index_items(deferred)  # before the response: read-your-writes
+            in_parallel(index_writes(self._store, deferred))  # before the response: read-your-writes
         return results
 
     def _transaction_entry(

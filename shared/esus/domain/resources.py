@@ -18,7 +18,7 @@ import jsonpointer
 from esus.domain import provenance as prov
 from esus.domain.fhir import PROVENANCE, RESOURCE_TYPES, now_instant, require_id, validate_resource
 from esus.domain.params import instant_param, last_value, page_size
-from esus.domain.search_index import SearchKeys, in_parallel
+from esus.domain.search_index import SearchKeys, in_parallel, index_writes
 from esus.errors import (
     Conflict,
     Gone,
@@ -365,8 +365,7 @@ class ResourceService:
         # Too many for one transaction: index items go concurrently with it (one round trip of latency);
         # the write returns only after both, so a search started after it returned finds it. If the
         # transaction fails, the items are orphans that no search ever returns (docs/SEARCH.md).
-        deferred = write.deferred_index
-        in_parallel([transact, lambda: self._store.put_index_items(deferred)])
+        in_parallel([transact, *index_writes(self._store, write.deferred_index)])
 
 
 def _check_generic(resource_type: str) -> None:
