@@ -30,17 +30,20 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-# What CI runs (.ci/run, with CI=true: the full hypothesis/schemathesis example counts).
+# What CI runs (.ci/run, with CI=true: the full hypothesis/schemathesis example counts). Whole-corpus runs
+# (marked slow, minutes each) are left to `make test-full`.
+TEST_SELECTION ?= -m "not slow"
 test: lint typecheck
-	$(BIN)/pytest -n $(TEST_WORKERS) --durations=15
+	$(BIN)/pytest -n $(TEST_WORKERS) --durations=15 $(TEST_SELECTION)
 
 # The inner loop: unit tests and the in-process handler tests, no local stack.
 unit: setup
 	$(BIN)/pytest tests/unit tests/handlers
 
-# `make test` with the whole Synthea corpus imported (instead of a sample holding every resource type).
+# `make test` with the whole Synthea corpus imported (instead of a sample holding every resource type) and the
+# whole-corpus search checks (marked slow).
 test-full:
-	ESUS_FULL_CORPUS=1 $(MAKE) test
+	ESUS_FULL_CORPUS=1 $(MAKE) test TEST_SELECTION=
 
 # template.yaml's per-function block, from the route table in infra/esus_dev/codegen/routes.py.
 template: setup

@@ -72,7 +72,7 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
         keyring=keyring,
         store=store,
         resources=resources,
-        provenance=ProvenanceService(store, settings),
+        provenance=ProvenanceService(store, settings, search_keys),
         search=search,
         conditional=conditional,
         bundles=BundleService(store, resources, conditional, error_for),

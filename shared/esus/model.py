@@ -68,6 +68,7 @@ class ResourceWrite:
     stale_index_refs: list[str]
     provenance: dict[str, Any]
     provenance_index: list[IndexEntry] = field(default_factory=list)
+    provenance_index_kv: str | None = None  # the key version of provenance_index's tokens
     # Type- and system-level history: permanent change-log entries, one per level.
     change_log: list[IndexEntry] = field(default_factory=list)
     # Conditional create: (guard partition, resource id the guard may still name) written with the version,

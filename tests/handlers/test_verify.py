@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from esus.container import build_services, services, use_services
-from esus.domain import provenance as prov
+from esus.domain.search_index import SearchKeys
 from esus.ops.rotation import reencrypt_all, rotate_root_key
 from esus.ops.verify import VerifyReport, verify_all
 from esus.settings import get_settings
-from esus.storage.store import change_log_partition, index_partition
+from esus.storage.store import change_log_partition
 from tests.handlers.conftest import InProcessStack
 
 PATIENT = {"resourceType": "Patient", "telecom": [{"system": "phone", "value": "555-123-4567"}]}
@@ -164,7 +164,8 @@ def _replace(local: InProcessStack, table: str, key: dict[str, Any], change: Cal
 
 
 def _provenance_id(local: InProcessStack, tenant: str, pid: str, version: int) -> str:
-    partition = index_partition(tenant, "Provenance", "target", f"Patient/{pid}/_history/{version}")
+    keys = SearchKeys(services().keyring, get_settings())
+    [partition] = keys.provenance_partitions(tenant, "target", f"Patient/{pid}/_history/{version}")
     items = local.ddb._client.query(TableName=get_settings().index_table, KeyConditionExpression="pk = :p",
                                     ExpressionAttributeValues={":p": {"S": partition}})["Items"]
     assert len(items) == 1
@@ -199,8 +200,9 @@ def damage_duplicate_provenance(local: InProcessStack, tenant: str, pid: str) ->
     record = store.provenances(tenant, [provenance_id])[0]
     twin = {**record, "id": f"{provenance_id}-twin"}
     recorded = str(original["rec"]["S"])
-    puts = [store.provenance_put(tenant, twin, recorded)["Put"],
-            *(store.index_put(e)["Put"] for e in prov.index_entries(tenant, twin, recorded))]
+    kv = services().keyring.current_version()
+    puts = [store.provenance_put(tenant, twin, recorded, kv)["Put"],
+            *(store.index_put(e)["Put"] for e in services().resources.provenance_index(tenant, twin, recorded, kv))]
     for put in puts:
         ddb.put_item(TableName=put["TableName"], Item=put["Item"])
 

@@ -31,3 +31,30 @@ def test_the_import_check_fails_above_its_target_and_passes_below() -> None:
     assert env["PYTHONPATH"] == str(REPO / "shared")
     assert importcheck.main(["--function", "read", "--rounds", "1", "--target", "0.01"]) == 1
     assert importcheck.main(["--function", "read", "--rounds", "1", "--target", "100"]) == 0
+
+
+def test_round_trips_in_sequence_count_side_by_side_calls_once() -> None:
+    """`make bench` holds targets to round trips of latency: the tasks of one in_parallel are one wave."""
+    from esus.domain import search_index
+    from esus_dev.bench import recorder
+    from esus_dev.bench.recorder import AwsCall, ParallelTracker, in_sequence
+
+    saved = dict(vars(search_index))
+    try:
+        tracker = ParallelTracker()
+        tracker.install()
+        tags = search_index.in_parallel([lambda: recorder._running.tag for _ in range(6)])
+        later = search_index.in_parallel([lambda: recorder._running.tag for _ in range(2)])
+    finally:
+        vars(search_index).update(saved)
+    assert len({wave for wave, _ in tags}) == 1 and len(set(tags)) == 6  # one wave, six tasks
+    assert {wave for wave, _ in later} == {tags[0][0] + 1}
+
+    def call(task: tuple[int, int] | None) -> AwsCall:
+        return AwsCall("dynamodb", "X", {}, task=task)
+
+    # GetItem, then a transaction and five batch writes side by side: 2 round trips, 7 calls.
+    assert in_sequence([call(None), *(call((1, t)) for t in range(6))], workers=8) == 2
+    assert in_sequence([call((1, 1)), call((1, 1)), call((1, 2))], workers=8) == 2  # one task made two in a row
+    assert in_sequence([call((1, t)) for t in range(10)], workers=4) == 3  # more tasks than workers
+    assert in_sequence([call(None), call(None)], workers=8) == 2

@@ -125,3 +125,60 @@ def test_a_cancelled_transaction_is_rolled_back_item_by_item() -> None:
         ddb.transact_write_items(TransactItems=[_put("a", "new")])  # an accepted one still commits
         assert "Item" in ddb.get_item(TableName="a", Key={"pk": {"S": "new"}})
     assert models.copy is copy  # type: ignore[attr-defined]
+
+
+def test_query_internals_the_partition_patch_relies_on_are_unchanged() -> None:
+    from moto.dynamodb.models.table import Table
+
+    original = getattr(Table.query, "__wrapped__", Table.query)
+    assert list(inspect.signature(original).parameters)[1:9] == [
+        "hash_key", "range_comparison", "range_objs", "limit", "exclusive_start_key", "scan_index_forward",
+        "projection_expressions", "index_name"]
+    source = inspect.getsource(original)
+    assert "for item in self.all_items()" in source and "item.hash_key == hash_key" in source
+
+
+class _Elsewhere:
+    """An item of another partition that fails when a Query looks at it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"a Query read another partition's item ({name})")
+
+
+def test_a_query_reads_only_its_partition_with_the_same_results() -> None:
+    """Regression: after the Synthea corpus (~150,000 index items) every Query sorted the whole table
+    (~4 s each), and searches on the local stack timed out."""
+    from moto.dynamodb import models
+    from moto.dynamodb.models.table import Table
+
+    moto_patches.install()
+    moto_patches.install()  # idempotent
+    assert Table.query.esus_partition  # type: ignore[attr-defined]
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(TableName="idx", BillingMode="PAY_PER_REQUEST",
+                         AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk")],
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                    {"AttributeName": "sk", "KeyType": "RANGE"}])
+        for p in range(3):
+            for s in range(5):
+                ddb.put_item(TableName="idx", Item={"pk": {"S": f"p{p}"}, "sk": {"S": f"s{4 - s}"}})
+        table = models.dynamodb_backends["123456789012"]["us-east-1"].tables["idx"]
+        other = next(k for k in table.items if k.value == "p2")
+        saved, table.items[other] = table.items[other], {"x": _Elsewhere()}
+
+        def query(**extra: Any) -> list[str]:
+            return [i["sk"]["S"] for i in ddb.query(
+                TableName="idx", KeyConditionExpression="pk = :p" + extra.pop("range", ""),
+                ExpressionAttributeValues={":p": {"S": "p1"}, **extra.pop("values", {})}, **extra)["Items"]]
+
+        try:
+            assert query() == ["s0", "s1", "s2", "s3", "s4"]
+            assert query(ScanIndexForward=False, Limit=2) == ["s4", "s3"]
+            assert query(range=" AND sk > :s", values={":s": {"S": "s2"}}) == ["s3", "s4"]
+            assert ddb.query(TableName="idx", KeyConditionExpression="pk = :p",
+                             ExpressionAttributeValues={":p": {"S": "nothing"}})["Items"] == []
+            assert "nothing" not in {k.value for k in table.items}  # the lookup added no empty partition
+        finally:
+            table.items[other] = saved
+        assert len(ddb.scan(TableName="idx")["Items"]) == 15  # a Scan still sees every item

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esus_dev.bench import REPO
-from esus_dev.bench.recorder import AwsRecorder, install_default_session_recorder
+from esus_dev.bench.recorder import AwsRecorder, ParallelTracker, install_default_session_recorder
 from esus_dev.bench.report import Sample
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ class Client:
         self.recorder = recorder
         self.tenant = tenant
         self.token = token
+        self.parallel = ParallelTracker()  # which calls the handlers issue side by side
+        self.parallel.install()
         self.timer = TimedInvoke(stack.invoke)
         stack.invoke = self.timer  # type: ignore[method-assign]
         self.samples: list[Sample] = []
@@ -83,6 +85,10 @@ class Client:
                                f"{result.body[:400]!r}")
         self.samples.append(Sample(interaction, self.timer.handler_s, self.timer.authorizer_s, calls))
         return Response(result.status, json.loads(result.body) if result.body else None)
+
+    def returned(self, results: int) -> None:
+        """The last request's number of returned (or, for _summary=count, counted) search results."""
+        self.samples[-1].results = results
 
     def capture(self, method: str, path: str, body: Any = None) -> dict[str, dict[str, Any]]:
         """The events API Gateway would hand the authorizer and the route, without running the route."""

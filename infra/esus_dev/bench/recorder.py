@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ class AwsCall:
     seconds: float = 0.0
     attempts: int = 0
     started: float = 0.0  # perf_counter at the call's start (concurrent calls overlap)
+    task: tuple[int, int] | None = None  # (wave, task) when made inside a task run side by side
 
     @property
     def label(self) -> str:
@@ -53,7 +55,8 @@ class AwsRecorder:
         return calls
 
     def _start(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
-        call = AwsCall(model.service_model.service_name, model.name, params, started=time.perf_counter())
+        call = AwsCall(model.service_model.service_name, model.name, params, started=time.perf_counter(),
+                       task=getattr(_running, "tag", None))
         context[_CALL_KEY] = (call, call.started)
         self.calls.append(call)
 
@@ -90,6 +93,73 @@ def sequential_round_trips(calls: Iterable[AwsCall]) -> int:
             waves += 1
         end = max(end, stop)
     return waves
+
+
+_running = threading.local()  # the (wave, task) a pool thread is running, for the calls it makes
+
+
+class ParallelTracker:
+    """Tags every AWS call made inside a task of `esus.domain.search_index.in_parallel` with (wave, task):
+    one wave per in_parallel (its tasks are submitted, then waited for together). That is what the handler
+    issues side by side, whatever order the threads happen to run in on this machine."""
+
+    def __init__(self) -> None:
+        self.workers = 1
+        self._wave = 0
+        self._task = 0
+        self._open = False
+
+    def install(self) -> None:
+        from esus.domain import search_index
+
+        module = vars(search_index)  # `wait` is search_index's import of concurrent.futures.wait
+        real_pool, real_wait = search_index.pool, module["wait"]
+        self.workers = real_pool()._max_workers
+        tracker = self
+
+        class Tagging:
+            def __init__(self, pool: Any) -> None:
+                self._pool = pool
+
+            def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+                tag = tracker._tag()
+
+                def run() -> Any:
+                    _running.tag = tag
+                    try:
+                        return fn(*args, **kwargs)
+                    finally:
+                        _running.tag = None
+
+                return self._pool.submit(run)
+
+        def pool() -> Any:
+            return Tagging(real_pool())
+
+        def wait(futures: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return real_wait(futures, *args, **kwargs)
+            finally:
+                tracker._open = False
+
+        module["pool"], module["wait"] = pool, wait
+
+    def _tag(self) -> tuple[int, int]:
+        if not self._open:
+            self._wave, self._open = self._wave + 1, True
+        self._task += 1
+        return self._wave, self._task
+
+
+def in_sequence(calls: list[AwsCall], workers: int) -> int:
+    """Round trips of latency: each call the handler's own thread makes, plus per wave of side-by-side
+    tasks the most calls any one task made (or more rounds when the wave has more tasks than workers)."""
+    sequential = sum(1 for c in calls if c.task is None)
+    waves: dict[int, Counter[int]] = defaultdict(Counter)
+    for call in calls:
+        if call.task is not None:
+            waves[call.task[0]][call.task[1]] += 1
+    return sequential + sum(max(max(tasks.values()), -(-len(tasks) // workers)) for tasks in waves.values())
 
 
 def call_counts(calls: Iterable[AwsCall]) -> Counter[str]:

@@ -14,6 +14,7 @@ def render(report: Report) -> str:
         *render_header(report),
         *render_round_trips(report),
         *render_timings(report),
+        *render_searches(report),
         *render_cold(report),
         *render_imports(report),
         *render_crypto(report),
@@ -60,7 +61,8 @@ def render_header(report: Report) -> list[str]:
 
 
 def render_round_trips(report: Report) -> list[str]:
-    rows = [[r.interaction.name, r.target_text, r.measured, r.verdict, f"`{r.ops}`"] for r in report.round_trips]
+    rows = [[r.interaction.name, r.target_text, r.in_sequence, r.measured, r.verdict, f"`{r.ops}`"]
+            for r in report.round_trips]
     secrets = sum(report.warm_secret_calls.values())
     first = ", ".join(f"{k} x{v}" for k, v in sorted(report.first_request_calls.items())) or "none"
     warm = ", ".join(f"{k} x{v}" for k, v in sorted(report.warm_secret_calls.items())) or "none"
@@ -71,10 +73,14 @@ def render_round_trips(report: Report) -> list[str]:
         "Counted with botocore events (`provide-client-params` / `before-send` / `after-call`) registered on "
         "boto3's default session before the stack starts, so every client the services build is covered; "
         f"each row holds over all {len(report.round_trips[0].counts) if report.round_trips else 0} measured "
-        "iterations. `[n]` is the number of items in a TransactWriteItems or keys in a BatchGetItem. S3 calls "
-        "appear only for versions too large for a DynamoDB item (and Binary bodies), whose sealed body is an object.",
+        "iterations. `[n]` is the number of items in a TransactWriteItems or keys in a BatchGetItem. "
+        "*In sequence* counts round trips of latency: calls a handler issues side by side (the tasks of one "
+        "`in_parallel`, run on its thread pool) count once per wave, however this machine's threads happened "
+        "to interleave them; targets are in these. "
+        "*Calls* counts every DynamoDB API call (what DynamoDB bills per request). S3 calls appear only for "
+        "versions too large for a DynamoDB item (and Binary bodies), whose sealed body is an object.",
         "",
-        *table(["Interaction", "Target", "Measured", "Result", "Calls"], rows),
+        *table(["Interaction", "Target", "In sequence", "Calls", "Result", "Which calls"], rows),
         "",
         f"- HTTP attempts equal API calls (no retries): {'yes' if attempts_equal else 'NO'}.",
         f"- Secrets Manager / KMS calls on {report.warm_requests} warm requests: **{secrets}** ({warm}) - "
@@ -124,6 +130,38 @@ def render_timings(report: Report) -> list[str]:
         "every iteration; without that, create Patient (17 items) went from ~12 ms to over 200 ms within a "
         "dozen iterations on this machine. This is a property of moto (and of the local stack under load), "
         "not of DynamoDB.",
+        "",
+    ]
+
+
+def render_searches(report: Report) -> list[str]:
+    if not report.searches:
+        return []
+    rows = [[r.interaction, r.round_trips, f"{r.handler_median_ms:.2f}", r.results, f"{r.per_result_median:.2f}",
+             f"{r.per_result_max:.2f}"] for r in report.searches]
+    return [
+        "## 2a. Search",
+        "",
+        "Each iteration stores the patient's Observations, decoy patients with the same name and nearby birth "
+        "dates, and one Observation of each decoy, then searches. Every candidate an index lookup yields is "
+        "read (BatchGetItem), decrypted and checked against the whole query before it is returned "
+        "(docs/SEARCH.md), so *candidates decrypted per result* (keys read by BatchGetItem / results returned; "
+        "for `_summary=count`, / results counted) is what the index's precision costs: 1.00 means no "
+        "candidate was read in vain. Round trips and handler time as in sections 1 and 2 (ms).",
+        "",
+        *table(["Search", "Round trips", "Handler median", "Results", "Candidates decrypted per result, median",
+                "max"], rows, "lrrrrr"),
+        "",
+        "- `Observation?patient=X` meets its target of 2 round trips (one Query, one BatchGetItem) for a page. "
+        "A search reads and decrypts every candidate, not only the page's: the total is exact and the default "
+        "order (`_lastUpdated`) is known only after decryption. A patient with 1,000 Observations therefore "
+        "costs 1 Query + 10 BatchGetItem calls (issued side by side: still 2 round trips in sequence) and "
+        "1,000 decryptions for a 10-entry page (100 per returned result); `ESUS_SEARCH_CANDIDATES_MAX` "
+        "(5,000) bounds it. Reading only a page's candidates needs `_total=none` and an order the index keys "
+        "carry (the id): not done yet.",
+        "- `name` + `birthdate`: the planner looks up the cheapest parameter and also every other one that "
+        "needs at most 4 lookups; a day-precision birth date needs 5, so here it filters the candidates the "
+        "name prefix yields (the decoys sharing the name: 4 candidates per result).",
         "",
     ]
 
@@ -250,10 +288,15 @@ def render_findings(report: Report) -> list[str]:
     lines = ["## Findings", ""]
     for row in report.round_trips:
         target = row.interaction.target
-        if target is not None and max(row.counts) > target:
+        if target is not None and max(row.sequential or row.counts) > target:
             why = f" - {row.interaction.design}" if row.interaction.design else ""
-            lines.append(f"- **{row.interaction.name}**: {row.measured} round trips against a target of "
+            lines.append(f"- **{row.interaction.name}**: {row.in_sequence} round trips against a target of "
                          f"{row.target_text} (`{row.ops}`){why}.")
+        elif row.in_sequence != row.measured:
+            why = f": {row.interaction.design}" if row.interaction.design else ""
+            trips = "round trip" if row.in_sequence == "1" else "round trips"
+            lines.append(f"- {row.interaction.name}: {row.in_sequence} {trips} of latency, {row.measured} "
+                         f"calls (`{row.ops}`), the calls side by side{why}.")
         elif target is None and row.interaction.design:
             trips = "round trip" if row.measured == "1" else "round trips"
             lines.append(f"- {row.interaction.name}: {row.measured} {trips} (`{row.ops}`): "

@@ -17,14 +17,16 @@ SHARED_DATA = Path(os.environ.get("ESUS_SHARED_DATA", REPO.parent / "shared"))
 EXAMPLES = SHARED_DATA / "fhir-examples" / "r4"
 
 INTERACTIONS: tuple[Interaction, ...] = (
-    Interaction("create Patient", "CreateFunction", 1),
+    Interaction("create Patient", "CreateFunction", 1, design=(
+        "the specification's Patient example needs more search index items than fit beside its version in "
+        "one TransactWriteItems (names, address and telecom words, each as prefix tokens): they go in "
+        "BatchWriteItem calls of 25, side by side with the transaction (docs/SEARCH.md)")),
     Interaction("create Observation", "CreateFunction", 1),
     Interaction("read Patient", "ReadFunction", 1),
     Interaction("vread Patient", "VreadFunction", 1),
     Interaction("update Patient, If-Match", "UpdateFunction", 1, design=(
-        "by design: Patient has hashed (blind-index) search items, so the current version's index refs are "
-        "read first and the stale ones deleted in the same transaction; types without hashed indexes "
-        "(Observation) make the single conditional write")),
+        "no read first (index items are keyed by version); the index items go beside the transaction, as "
+        "for create Patient")),
     Interaction("update Observation, If-Match", "UpdateFunction", 1),
     Interaction("update Patient, no If-Match", "UpdateFunction", 2),
     Interaction("update Observation, no If-Match", "UpdateFunction", 2),
@@ -36,6 +38,18 @@ INTERACTIONS: tuple[Interaction, ...] = (
         "items)")),
     Interaction("search Provenance by target", "SearchFunction", design=(
         "one keys-only Query per reference value + one BatchGetItem for the page")),
+    Interaction("search Observation?patient=X", "SearchFunction", 2, design=(
+        "one keys-only Query on the patient's reference-token partition (per live root-key version) + one "
+        "BatchGetItem of the candidates, each decrypted and re-checked against the whole query")),
+    Interaction("search Patient?name=...&birthdate=...", "SearchFunction", design=(
+        "one keys-only Query for the name's prefix token (the cheapest parameter) + one BatchGetItem; a "
+        "day-precision birth date would need 5 lookups (its day, month, year, decade and era tokens), more than "
+        "the 4 a second parameter may use to narrow too, so it only filters: patients sharing the name are "
+        "read, decrypted and dropped (section 2a)")),
+    Interaction("list Observation (type listing)", "SearchFunction", 2, design=(
+        "one keys-only Query of the type's change-log partition + one BatchGetItem for the page only")),
+    Interaction("search Observation?patient=X&_summary=count", "SearchFunction", 2, design=(
+        "as the patient search: the count is exact, so every candidate is read and re-checked")),
     Interaction("delete Patient", "DeleteFunction", 2, at_most=True),
     # Too large for a DynamoDB item: the sealed body is an S3 object (esus.storage.objects).
     Interaction("create DocumentReference (1 MB)", "CreateFunction", 2, design=(
@@ -45,6 +59,11 @@ INTERACTIONS: tuple[Interaction, ...] = (
         "GetItem (the current item: pointer and digest) + GetObject (the sealed body)")),
 )
 LARGE_ATTACHMENT_BYTES = 750_000  # 1,000,000 characters of base64: a 1 MB JSON body
+# Searches whose "candidates decrypted per returned result" the report shows (docs/SEARCH.md: every
+# candidate's current version is decrypted and re-checked, so this is the price of the index's precision).
+SEARCHES = tuple(i.name for i in INTERACTIONS if i.function == "SearchFunction" and "Provenance" not in i.name)
+OBSERVATIONS_PER_PATIENT = 5  # the patient's own; as many again belong to decoy patients
+DECOY_BIRTH_DATES = ("1974-12-24", "1974-11-25", "1975-12-25")  # near the example's 1974-12-25, same name
 
 
 def load_example(name: str) -> dict[str, Any]:
@@ -117,11 +136,46 @@ def run_iteration(client: Client, i: int) -> None:
     client.call("create Provenance", "POST", "/fhir/Provenance", provenance_body(pid), 201)
     provenance = client.call("search Provenance by target", "GET", f"/fhir/Provenance?target=Patient/{pid}").body
     _expect(provenance["total"] == 4, f"Provenance search found {provenance['total']}, expected 4")
+    search_iteration(client, pid, oid, patient)
     client.call("delete Patient", "DELETE", f"/fhir/Patient/{pid}", expect=204)
     document = client.call("create DocumentReference (1 MB)", "POST", "/fhir/DocumentReference",
                            large_document_body(pid), 201).body
     read = client.call("read DocumentReference (1 MB)", "GET", f"/fhir/DocumentReference/{document['id']}").body
     _expect(read["content"] == document["content"], "the 1 MB DocumentReference read back differs")
+
+
+def search_iteration(client: Client, pid: str, oid: str, patient: dict[str, Any]) -> None:
+    """Searches over the patient's observations, decoy patients (same name, nearby birth dates) and theirs."""
+    for _ in range(1, OBSERVATIONS_PER_PATIENT):
+        client.call("create Observation", "POST", "/fhir/Observation", observation_body(pid), 201)
+    for birth_date in DECOY_BIRTH_DATES:
+        decoy = revised(patient, birthDate=birth_date)
+        decoy.pop("id", None)
+        decoy.pop("telecom", None)
+        did = client.call("create Patient", "POST", "/fhir/Patient", decoy, 201).body["id"]
+        client.call("create Observation", "POST", "/fhir/Observation", observation_body(did), 201)
+    mine = client.call("search Observation?patient=X", "GET", f"/fhir/Observation?patient={pid}").body
+    _expect(ids(mine) >= {oid} and mine["total"] == OBSERVATIONS_PER_PATIENT,
+            f"Observation?patient found {mine['total']}, expected {OBSERVATIONS_PER_PATIENT}")
+    client.returned(len(ids(mine)))
+    family = patient["name"][0]["family"]
+    found = client.call("search Patient?name=...&birthdate=...", "GET",
+                        f"/fhir/Patient?name={family[:4].lower()}&birthdate={patient['birthDate']}").body
+    _expect(ids(found) == {pid}, f"name+birthdate found {sorted(ids(found))}, expected only {pid}")
+    client.returned(1)
+    listing = client.call("list Observation (type listing)", "GET", "/fhir/Observation").body
+    total = OBSERVATIONS_PER_PATIENT + len(DECOY_BIRTH_DATES)  # more in warm-up iterations (no table reset)
+    _expect(listing["total"] >= total and len(ids(listing)) == min(listing["total"], 10),
+            f"Observation listing has {listing['total']} ({len(ids(listing))} on its page), expected {total}")
+    client.returned(len(ids(listing)))
+    counted = client.call("search Observation?patient=X&_summary=count", "GET",
+                          f"/fhir/Observation?patient={pid}&_summary=count").body
+    _expect(counted["total"] == OBSERVATIONS_PER_PATIENT and not counted.get("entry"), "_summary=count")
+    client.returned(counted["total"])  # no entries: per counted result
+
+
+def ids(bundle: dict[str, Any]) -> set[str]:
+    return {e["resource"]["id"] for e in bundle.get("entry", [])}
 
 
 def _expect(condition: bool, message: str) -> None:

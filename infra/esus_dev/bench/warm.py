@@ -10,9 +10,9 @@ from collections import Counter
 from typing import Any
 
 from esus_dev.bench.gateway import Client, TableJanitor
-from esus_dev.bench.recorder import call_counts
-from esus_dev.bench.report import Report, RoundTripRow, Sample, TimingRow
-from esus_dev.bench.scenario import INTERACTIONS, run_iteration
+from esus_dev.bench.recorder import call_counts, in_sequence
+from esus_dev.bench.report import Report, RoundTripRow, Sample, SearchRow, TimingRow
+from esus_dev.bench.scenario import INTERACTIONS, SEARCHES, run_iteration
 
 # The data services a request round-trips to: DynamoDB, and S3 for versions too large for an item. Any other call
 # (Secrets Manager, KMS) is expected only when a container starts or its root key expires.
@@ -77,7 +77,7 @@ def p95_ms(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)] * 1000
 
 
-def round_trip_rows(samples: list[Sample]) -> list[RoundTripRow]:
+def round_trip_rows(samples: list[Sample], workers: int = 1) -> list[RoundTripRow]:
     rows = []
     for interaction in INTERACTIONS:
         mine = [s for s in samples if s.interaction == interaction.name]
@@ -86,6 +86,7 @@ def round_trip_rows(samples: list[Sample]) -> list[RoundTripRow]:
         rows.append(RoundTripRow(
             interaction=interaction,
             counts=tuple(len(calls) for calls in data),
+            sequential=tuple(in_sequence(calls, workers) for calls in data),
             http_attempts=tuple(sum(c.attempts for c in calls) for calls in data),
             ops=ops,
             other_services=sum(1 for s in mine for c in s.calls if c.service not in DATA_SERVICES),
@@ -106,6 +107,24 @@ def timing_rows(samples: list[Sample]) -> list[TimingRow]:
             raw_p95_ms=p95_ms([s.raw_s for s in mine]),
             ratio=statistics.median(s.handler_s / s.raw_s for s in mine if s.raw_s) if mine else math.nan,
             outside_aws_ms=median_ms([s.handler_s - s.aws_s for s in mine]),
+        ))
+    return rows
+
+
+def search_rows(samples: list[Sample], round_trips: list[RoundTripRow]) -> list[SearchRow]:
+    rows = []
+    trips = {r.interaction.name: r.measured for r in round_trips}
+    for name in SEARCHES:
+        mine = [s for s in samples if s.interaction == name and s.results]
+        if not mine:
+            continue
+        ratios = [s.decrypted / (s.results or 1) for s in mine]
+        results = [s.results or 0 for s in mine]
+        rows.append(SearchRow(
+            interaction=name, round_trips=trips.get(name, "-"),
+            handler_median_ms=median_ms([s.handler_s for s in mine]),
+            results=str(min(results)) if min(results) == max(results) else f"{min(results)}-{max(results)}",
+            per_result_median=statistics.median(ratios), per_result_max=max(ratios),
         ))
     return rows
 
@@ -136,8 +155,9 @@ def warm_phase(client: Client, report: Report, iterations: int, warmup: int) -> 
         measured.extend(client.samples)
         client.samples.clear()
     janitor.reset()
-    report.round_trips = round_trip_rows(measured)
+    report.round_trips = round_trip_rows(measured, client.parallel.workers)
     report.timings = timing_rows(measured)
+    report.searches = search_rows(measured, report.round_trips)
     report.warm_requests = len(measured)
     report.warm_secret_calls = call_counts(c for s in measured for c in s.calls if c.service not in DATA_SERVICES)
     auth = [s.authorizer_s for s in measured]

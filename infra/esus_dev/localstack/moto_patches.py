@@ -5,14 +5,16 @@ moto version they were not tested with (TESTED_MOTO_VERSIONS; pyproject.toml pin
 tests/unit/test_moto_patches.py fails on an upgrade until the internals are re-checked.
 
 To upgrade moto: bump the pin in pyproject.toml, check that moto's DynamoDBBackend.transact_write_items still
-backs up whole tables with the module-global `copy.deepcopy` and that moto.core.model_instances still keeps
-`instances_tracked` lists and that moto.core.botocore_stubber.BotocoreStubber.__call__(event_name,
-request, **kwargs) still answers mocked calls, run tests/unit/test_moto_patches.py and
-tests/e2e/test_concurrency.py (it proves the rollback), then add the version here.
+backs up whole tables with the module-global `copy.deepcopy`, that moto.core.model_instances still keeps
+`instances_tracked` lists, that Table.query still finds its partition through `self.all_items()` and that
+moto.core.botocore_stubber.BotocoreStubber.__call__(event_name, request, **kwargs) still answers mocked calls,
+run tests/unit/test_moto_patches.py and tests/e2e/test_concurrency.py (it proves the rollback), then add the
+version here.
 """
 
 from __future__ import annotations
 
+import threading
 import types
 from importlib import metadata
 from typing import Any
@@ -63,6 +65,7 @@ def install() -> None:
     """Both patches; idempotent. Raises UntestedMotoVersion on a moto they were not tested with."""
     check_moto_version()
     install_item_level_transaction_rollback()
+    install_partition_query()
 
 
 def install_item_level_transaction_rollback() -> None:
@@ -122,6 +125,47 @@ def install_item_level_transaction_rollback() -> None:
     transact_write_items.esus_item_level = True  # type: ignore[attr-defined]
     transact_write_items.__wrapped__ = original  # type: ignore[attr-defined]  # for the upgrade test
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+_query_scope = threading.local()
+
+
+def install_partition_query() -> None:
+    """moto's Table.query finds a partition by sorting EVERY item of the table (`all_items()`) and keeping
+    those with the hash key: after `esus import` of the Synthea corpus (~150,000 index items) one Query
+    took ~4 s, and a search (a Query or more) hit the 5 s boto3 read timeout. A Query on the table's own
+    key now sees only its partition's items, sorted the same way: the same results, at the cost of one
+    partition (DynamoDB's own cost model). Index (GSI/LSI) queries are left as they are."""
+    from moto.dynamodb.models.table import Table
+
+    check_moto_version()
+    original_query, original_all_items = Table.query, Table.all_items
+    if getattr(original_query, "esus_partition", False):
+        return
+
+    def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+        if index_name is not None or hash_key is None:
+            return original_query(self, hash_key, *args, **kwargs)
+        _query_scope.partition = (self, hash_key)
+        try:
+            return original_query(self, hash_key, *args, **kwargs)
+        finally:
+            _query_scope.partition = None
+
+    def all_items(self: Any) -> Any:
+        scope = getattr(_query_scope, "partition", None)  # per thread: a concurrent Scan sees every item
+        if scope is None or scope[0] is not self:
+            return original_all_items(self)
+        partition = self.items.get(scope[1])  # .get: items is a defaultdict, a lookup must not add a key
+        found = [] if partition is None else list(partition.values()) if self.range_key_attr else [partition]
+        return sorted(found, key=lambda x: (x.hash_key, x.range_key) if x.range_key else x.hash_key)
+
+    query.esus_partition = True  # type: ignore[attr-defined]
+    query.__wrapped__ = original_query  # type: ignore[attr-defined]  # for the upgrade test
+    all_items.__wrapped__ = original_all_items  # type: ignore[attr-defined]
+    Table.query = query  # type: ignore[method-assign]
+    Table.all_items = all_items  # type: ignore[method-assign]
 
 
 def forget_tracked_instances() -> None:

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 from esus.domain.conditional import ConditionalService
 from esus.domain.fhir import RESOURCE_TYPES, now_instant, require_id
 from esus.domain.resources import LOCK_ATTEMPTS, ResourceService, same_content
+from esus.domain.search_index import in_parallel, index_writes
 from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PayloadTooLarge, PreconditionFailed
 from esus.limits import MAX_TRANSACTION_ENTRIES
 from esus.model import ResourceWrite, Version
@@ -289,7 +290,7 @@ class BundleService:
             raise Conflict("The transaction kept conflicting with concurrent writes; nothing was stored",
                            headers={"Retry-After": "1"})
         # Search index items beside the transaction, before the response: read-your-writes.
-        self._store.put_index_items([e for write, _ in writes for e in write.deferred_index])
+        in_parallel(index_writes(self._store, [e for write, _ in writes for e in write.deferred_index]))
 
 
 def _item_count(write: ResourceWrite) -> int:

@@ -8,6 +8,7 @@ is appended. Clients may not claim the `enterer` role themselves: every enterer 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -185,9 +186,19 @@ def recorded_key(recorded: str) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def index_entries(tenant: str, provenance: dict[str, Any], sort_key: str) -> list[IndexEntry]:
+def index_entries(
+    tenant: str, provenance: dict[str, Any], sort_key: str, token: Callable[[str, str], str]
+) -> list[IndexEntry]:
+    """The record's index items: `token(param, "Type/id")` is the key (a keyed HMAC token: a target,
+    agent or entity may be a patient, and index keys never name one in clear)."""
     order = f"{sort_key}|{provenance['id']}"
     return unique_entries([
-        IndexEntry(index_partition(tenant, PROVENANCE, param, value), order, provenance["id"])
+        IndexEntry(index_partition(tenant, PROVENANCE, param, token(param, value)), order, provenance["id"])
         for param, value in sorted(provenance_index_values(provenance))
     ])
+
+
+def clear_reference(_param: str, reference: str) -> str:
+    """How Provenance index keys were written before keyed tokens (the reference itself): only used to
+    find and remove such items (`esus reencrypt`)."""
+    return reference

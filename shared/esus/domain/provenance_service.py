@@ -8,6 +8,7 @@ from typing import Any
 
 from esus.domain import provenance as prov
 from esus.domain.fhir import PROVENANCE, REFERENCE_PATTERN, RESOURCE_TYPES, now_instant, require_id
+from esus.domain.search_index import SearchKeys
 from esus.errors import InvalidRequest, Issue, NotFound, Unprocessable
 from esus.security.auth import Principal
 from esus.settings import Settings
@@ -15,9 +16,10 @@ from esus.storage.store import Store
 
 
 class ProvenanceService:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, keys: SearchKeys) -> None:
         self._store = store
         self._s = settings
+        self._keys = keys
 
     def create(self, principal: Principal, body: Any) -> dict[str, Any]:
         """The client's record, attributed (server `recorded`, caller appended as enterer), about resources
@@ -28,9 +30,11 @@ class ProvenanceService:
         now = now_instant()
         record = prov.finalize(prov.attributed(body, self._s, principal, now), str(uuid.uuid4()), now)
         sort_key = prov.recorded_key(record["recorded"])
+        index_kv = self._keys.current_version()
+        token = self._keys.provenance_token(principal.tenant, index_kv)
         items = [
-            self._store.provenance_put(principal.tenant, record, sort_key),
-            *(self._store.index_put(e) for e in prov.index_entries(principal.tenant, record, sort_key)),
+            self._store.provenance_put(principal.tenant, record, sort_key, index_kv),
+            *(self._store.index_put(e) for e in prov.index_entries(principal.tenant, record, sort_key, token)),
         ]
         self._store.require_fits(items)  # a record too big for one write is refused before its targets are read
         self._check_targets(principal.tenant, record["target"])

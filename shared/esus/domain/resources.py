@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # jsonpatch loads with the first PATCH, not with every functi
 from esus.domain import provenance as prov
 from esus.domain.fhir import PROVENANCE, RESOURCE_TYPES, now_instant, require_id, validate_resource
 from esus.domain.params import instant_param, last_value, page_size
-from esus.domain.search_index import SearchKeys, in_parallel
+from esus.domain.search_index import SearchKeys, in_parallel, index_writes
 from esus.errors import (
     Conflict,
     Gone,
@@ -323,6 +323,7 @@ class ResourceService:
         )
         record = prov.finalize(record, str(uuid.uuid4()), version.last_updated)
         sort_key = prov.recorded_key(record["recorded"])
+        index_kv = self._keys.current_version()
         write = ResourceWrite(
             tenant=principal.tenant,
             version=version,
@@ -332,7 +333,8 @@ class ResourceService:
             stale_index_refs=[],
             deferred_index=self.index_entries(principal.tenant, version),
             provenance=record,
-            provenance_index=prov.index_entries(principal.tenant, record, sort_key),
+            provenance_index=self.provenance_index(principal.tenant, record, sort_key, index_kv),
+            provenance_index_kv=index_kv,
             change_log=[
                 IndexEntry(change_log_partition(principal.tenant, level), change_log_sort(version), version.resource_id,
                            version.deleted)
@@ -356,6 +358,14 @@ class ResourceService:
     def index_entries(self, tenant: str, version: Version) -> list[IndexEntry]:
         """One entry per index item: values whose truncated tokens collide share an item."""
         return unique_entries(self._keys.entries(tenant, version))
+
+    def provenance_index(
+        self, tenant: str, record: dict[str, Any], sort_key: str, key_version: str | None
+    ) -> list[IndexEntry]:
+        """A Provenance record's index items with tokens under `key_version`; None: the clear keys items
+        had before Provenance references were tokenised (only ever looked up to remove them)."""
+        token = self._keys.provenance_token(tenant, key_version) if key_version else prov.clear_reference
+        return prov.index_entries(tenant, record, sort_key, token)
 
     def _commit(
         self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
@@ -387,8 +397,7 @@ class ResourceService:
         # Too many for one transaction: index items go concurrently with it (one round trip of latency);
         # the write returns only after both, so a search started after it returned finds it. If the
         # transaction fails, the items are orphans that no search ever returns (docs/SEARCH.md).
-        deferred = write.deferred_index
-        in_parallel([transact, lambda: self._store.put_index_items(deferred)])
+        in_parallel([transact, *index_writes(self._store, write.deferred_index)])
 
 
 def _check_generic(resource_type: str) -> None:

@@ -45,7 +45,7 @@ from esus.model import Version
 from esus.security.auth import Principal
 from esus.security.crypto import BlindIndex, CursorSigner
 from esus.settings import Settings
-from esus.storage.store import BATCH_GET_LIMIT, Store, change_log_partition, index_partition
+from esus.storage.store import BATCH_GET_LIMIT, Store, change_log_partition
 
 MAX_LOOKUPS_PER_PARAMETER = 64  # beyond this a parameter only filters (e.g. a date range over centuries)
 CHEAP_LOOKUPS = 4  # parameters this cheap also narrow, beside the cheapest one
@@ -264,12 +264,11 @@ class SearchService:
         recorded: list[ProvenanceCriterion] = []
         for criterion in criteria:
             if criterion.param in PROVENANCE_REFERENCE_PARAMS:
-                found: set[str] = set()
-                for value in criterion.values:
-                    ref = _reference_value(criterion.param, value)
-                    partition = index_partition(tenant, PROVENANCE, criterion.param, ref)
-                    found.update(self._store.index_sort_keys(partition, resolve=True))
-                key_sets.append(found)
+                # Keyed tokens, looked up under every live key version (a rotation keeps records findable).
+                partitions = [p for value in criterion.values for p in self._keys.provenance_partitions(
+                    tenant, criterion.param, _reference_value(criterion.param, value))]
+                calls = [partial(self._store.index_sort_keys, p, resolve=True) for p in partitions]
+                key_sets.append({key for keys in in_parallel(calls) for key in keys})
             elif criterion.param == "_id":
                 wanted = set(criterion.values)
                 ids = wanted if ids is None else ids & wanted

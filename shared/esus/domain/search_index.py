@@ -13,14 +13,17 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import TypeVar
 
+from esus.domain.fhir import PROVENANCE
+from esus.domain.search_legacy import PROVENANCE_REFERENCE_PARAMS
 from esus.domain.search_params import SearchParam, params_for
 from esus.domain.search_semantics import index_terms
 from esus.model import IndexEntry, Version
 from esus.security.crypto import KeyRing, index_purpose
 from esus.settings import Settings
-from esus.storage.store import index_partition
+from esus.storage.store import BATCH_WRITE_LIMIT, Store, index_partition
 
 T = TypeVar("T")
 
@@ -52,6 +55,13 @@ def sort_key(resource_id: str, version: int) -> str:
 def parse_sort_key(sort: str) -> tuple[str, int]:
     resource_id, _, version = sort.rpartition("|")
     return resource_id, int(version) if version.isdigit() else 0
+
+
+# Provenance keeps its own index (not the generated table), but its references get keyed tokens like every
+# reference parameter: a target or agent may be a patient, and no index key may name one.
+PROVENANCE_REFERENCES: dict[str, SearchParam] = {
+    code: SearchParam(PROVENANCE, code, "reference", "", clear=False) for code in PROVENANCE_REFERENCE_PARAMS
+}
 
 
 def search_entry_from_ref(ref: str) -> IndexEntry:
@@ -96,6 +106,18 @@ class SearchKeys:
             return [term]
         return sorted({self.key(tenant, param, term, kv) for kv in self._keyring.versions()})
 
+    def current_version(self) -> str:
+        return self._keyring.current_version()
+
+    def provenance_token(self, tenant: str, key_version: str) -> Callable[[str, str], str]:
+        """(Provenance parameter, `Type/id`) -> its index key under one key version (128-bit token)."""
+        return lambda code, reference: self.key(tenant, PROVENANCE_REFERENCES[code], reference, key_version)
+
+    def provenance_partitions(self, tenant: str, code: str, reference: str) -> list[str]:
+        """The partitions a Provenance reference is found in, under every live key version."""
+        param = PROVENANCE_REFERENCES[code]
+        return [self.partition(tenant, param, key) for key in self.lookup_keys(tenant, param, reference)]
+
     def partition(self, tenant: str, param: SearchParam, key: str) -> str:
         return index_partition(tenant, param.resource_type, param.code, key)
 
@@ -110,6 +132,12 @@ class SearchKeys:
                 partition = self.partition(tenant, param, self.key(tenant, param, term))
                 found.append(IndexEntry(partition, sort, version.resource_id))
         return found
+
+
+def index_writes(store: Store, entries: Sequence[IndexEntry]) -> list[Callable[[], None]]:
+    """Index items written beside a transaction, as one call per BatchWriteItem (25 items), to be run side
+    by side (with `in_parallel`): 125 items cost one round trip of latency, not five."""
+    return [partial(store.put_index_items, chunk) for chunk in chunks(entries, BATCH_WRITE_LIMIT)]
 
 
 def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:

@@ -1,6 +1,7 @@
 """Search parameters: which values a resource is indexed under, how they are normalised, and how a
-query string is parsed. Hashed parameters (PHI) are indexed by blind token; reference parameters of
-Provenance are indexed by the plain reference (ids are not PHI)."""
+query string is parsed. Hashed parameters (PHI) are indexed by blind token; so are the reference
+parameters of Provenance (esus.domain.search_index.SearchKeys.provenance_token: a target or agent may
+be a patient)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ def reencrypt_all(services: Services) -> ReencryptReport:
         if _guarded(report, item, lambda i: store.reencrypt_version_item(settings.history_table, i, current_kv)):
             report.history_items += 1
     for item in store.scan(settings.provenance_table):
-        if _guarded(report, item, lambda i: store.reencrypt_provenance_item(i, current_kv)):
+        if _guarded(report, item, lambda i: store.reencrypt_provenance_item(
+                i, current_kv, services.resources.provenance_index)):
             report.provenance_items += 1
     return report
 

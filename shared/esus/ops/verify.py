@@ -23,12 +23,14 @@ four passes that need nothing from one another:
 
 1. Resources, page by page. Per resource: Query its history partition (oldest first, a page at a
    time), look its Provenance records up through the Provenance `target` index partition of the
-   resource (`T/id`, one Query, then the records in batches), and check the change-log and index
+   resource (the keyed token of `T/id`, one Query per live key version, then the records in batches),
+   and check the change-log and index
    items it names with batched key lookups. Memory per resource: one history page plus one count
    per version.
-2. Provenance, page by page: every record decrypts, and the index items derived from it exist. That
-   is what makes pass 1's lookup through the `target` index complete: a Provenance missing from its
-   target partition is reported here.
+2. Provenance, page by page: every record decrypts, and the index items derived from it (tokens under
+   the key version its `ikv` names) exist. That is what makes pass 1's lookup through the `target` index
+   complete: a Provenance missing from its target partition is reported here. A record without `ikv` has
+   items keyed by references in clear (written before tokens): reported, `esus reencrypt` moves them.
 3. Index, page by page: each search index item's owner (the current item its sort key names, read
    keys-and-`idx` only) still lists it; those it does not are stale.
 4. Objects, one listing page (1000 keys) at a time, under the tenant's prefix when one is given: each key names
@@ -57,9 +59,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from esus.container import Services
-from esus.domain import provenance as prov
 from esus.domain.fhir import PROVENANCE
-from esus.domain.search_index import parse_sort_key, search_entry_from_ref
+from esus.domain.search_index import SearchKeys, parse_sort_key, search_entry_from_ref
 from esus.domain.search_params import params_for
 from esus.errors import IntegrityFailure
 from esus.model import IndexEntry, Version
@@ -68,7 +69,6 @@ from esus.storage.store import (
     ALL_TYPES,
     change_log_partition,
     change_log_sort,
-    index_partition,
     index_sort_id,
     key_tenant,
     resource_key,
@@ -180,6 +180,7 @@ class _Checker:
     def __init__(self, services: Services, tenant: str | None, repair_index: bool) -> None:
         self.settings, self.store = services.settings, services.store
         self.resources, self.keyring = services.resources, services.keyring
+        self.keys = SearchKeys(services.keyring, services.settings)
         self.only = tenant
         self.repair_index = repair_index
         self.report = VerifyReport()
@@ -314,8 +315,10 @@ class _Checker:
     def _write_provenance(self, tenant: str, resource_type: str, resource_id: str) -> _WriteProvenance:
         """The Provenance records of every version of one resource, through its `target` index partition."""
         found = _WriteProvenance()
-        partition = index_partition(tenant, PROVENANCE, "target", f"{resource_type}/{resource_id}")
-        ids = [index_sort_id(sort) for sort in self.store.index_sort_keys(partition)]
+        # The target's keyed token under every live key version (a record being re-encrypted may briefly
+        # be in two partitions: ids are counted once).
+        partitions = self.keys.provenance_partitions(tenant, "target", f"{resource_type}/{resource_id}")
+        ids = sorted({index_sort_id(sort) for p in partitions for sort in self.store.index_sort_keys(p)})
         prefix = f"{resource_type}/{resource_id}/_history/"
         for start in range(0, len(ids), PROVENANCE_BATCH):
             keys = [{"pk": resource_key(tenant, PROVENANCE, i)} for i in ids[start:start + PROVENANCE_BATCH]]
@@ -344,12 +347,16 @@ class _Checker:
                 if self._in_transaction(tenant, item):
                     continue
                 report.provenances += 1
+                if "ikv" not in item:
+                    report.problems.append(f"{key}: its index items name references in clear (written before "
+                                           "keyed tokens; esus reencrypt moves them)")
                 try:
                     record = self.store.decode_provenance(tenant, item)
+                    entries = self.resources.provenance_index(tenant, record, str(item["rec"]), item.get("ikv"))
                 except IntegrityFailure as exc:
                     report.problems.append(f"{key}: {exc}")
                     continue
-                wanted += [(key, entry) for entry in prov.index_entries(tenant, record, str(item["rec"]))]
+                wanted += [(key, entry) for entry in entries]
             present = self._index_present((e.partition, e.sort) for _, e in wanted)
             for key, entry in wanted:
                 if (entry.partition, entry.sort) not in present:

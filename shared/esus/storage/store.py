@@ -5,7 +5,7 @@ history    pk=tenant|type|id, v=version      one item per version, never rewritt
 A version whose sealed body does not fit an item (and every Binary) keeps it in the object store
 (esus.storage.objects): the items then hold obj (the object's key), sha (its SHA-256) and okv (the key
 versions it is sealed under) instead of doc and phi.
-provenance pk=tenant|id                      Provenance records (immutable)
+provenance pk=tenant|Provenance|id           Provenance records (immutable; ikv: key version of their index tokens)
 index      pk=tenant|type|param|key, sk=id|version  search index items (docs/SEARCH.md), written in or
            beside the transaction of the version they describe; change log and Provenance index items;
            transaction records pk=tenant|_txn, sk=txid (docs/TRANSACTIONS.md)
@@ -493,11 +493,15 @@ class Store:
         self._objects.put_new(key, body)
         return {**attrs, "obj": key, "sha": digest, "okv": sorted(self._codec.key_versions(sealed))}
 
-    def provenance_put(self, tenant: str, provenance: dict[str, Any], recorded_key: str) -> dict[str, Any]:
+    def provenance_put(
+        self, tenant: str, provenance: dict[str, Any], recorded_key: str, index_kv: str | None,
+    ) -> dict[str, Any]:
+        """`index_kv`: the key version of the record's index tokens (`ikv`; absent on items written
+        before Provenance references were tokenised)."""
         ctx = FieldContext(tenant, "Provenance", provenance["id"], 1)
         doc, phi = self._codec.encode(ctx, provenance)
         item = _item({"pk": resource_key(tenant, "Provenance", provenance["id"]), "doc": doc, "phi": phi,
-                      "lu": provenance["meta"]["lastUpdated"], "rec": recorded_key})
+                      "lu": provenance["meta"]["lastUpdated"], "rec": recorded_key, "ikv": index_kv})
         return {"Put": {"TableName": self._s.provenance_table, "Item": item,
                         "ConditionExpression": "attribute_not_exists(pk)"}}
 
@@ -617,7 +621,7 @@ class Store:
             {"Put": put_current},
             {"Put": {"TableName": self._s.history_table, "Item": history,
                      "ConditionExpression": "attribute_not_exists(pk)"}},
-            self.provenance_put(write.tenant, write.provenance, recorded_key),
+            self.provenance_put(write.tenant, write.provenance, recorded_key, write.provenance_index_kv),
             *(self.index_put(e) for e in unique_entries(write.provenance_index)),
             *(self.index_put(e) for e in write.change_log),
             *([self._guard_put(write)] if write.unique_guard else []),
@@ -704,14 +708,27 @@ class Store:
         self.delete_index_items(sorted(old_refs - set(new_refs)))
         return True
 
-    def reencrypt_provenance_item(self, item: dict[str, Any], current_kv: str) -> bool:
-        if "tx" in item or not self._is_stale(item, current_kv):
-            return False
+    def reencrypt_provenance_item(
+        self, item: dict[str, Any], current_kv: str,
+        index_entries: Callable[[str, dict[str, Any], str, str | None], list[IndexEntry]],
+    ) -> bool:
+        """Re-seal one Provenance record under the current key version and move its index items to
+        current-version tokens (`index_entries(tenant, record, recorded, key_version)`; key version None:
+        the clear items of records written before tokens). New items first, then the record, then the
+        old items: a crash leaves extra items that name the same record, never missing ones."""
+        index_kv = str(item["ikv"]) if "ikv" in item else None
+        if "tx" in item or (not self._is_stale(item, current_kv) and index_kv == current_kv):
+            return False  # a record staged by a large transaction is left to it
         tenant = str(item["pk"]).split("|", 1)[0]
         record = self._provenance(tenant, item)
-        put = self.provenance_put(tenant, record, str(item["rec"]))["Put"]
+        recorded = str(item["rec"])
+        new_refs = {e.ref: e for e in index_entries(tenant, record, recorded, current_kv)}
+        old_refs = {e.ref for e in index_entries(tenant, record, recorded, index_kv)}
+        self.put_index_items([e for ref, e in new_refs.items() if ref not in old_refs])
+        put = self.provenance_put(tenant, record, recorded, current_kv)["Put"]
         put["ConditionExpression"] = "attribute_exists(pk) AND attribute_not_exists(tx)"
         self.transact([{"Put": put}], str(uuid.uuid4()))
+        self.delete_index_items(sorted(old_refs - set(new_refs)))
         return True
 
     @staticmethod

@@ -244,7 +244,8 @@ class TransactionStore:
                 put["ExpressionAttributeValues"] = {":stale": _av(stale)}
             ops.append({"Put": put})
         provenance_index = unique_entries(write.provenance_index)
-        provenance = {**_plain(self._store.provenance_put(tenant, write.provenance, recorded_key)["Put"]["Item"]),
+        record_put = self._store.provenance_put(tenant, write.provenance, recorded_key, write.provenance_index_kv)
+        provenance = {**_plain(record_put["Put"]["Item"]),
                       "tx": txid, "pidx": [e.ref for e in provenance_index] or None}
         marked = [{**_index_item(e), "tx": txid} for e in (*write.change_log, *provenance_index)]
         ref = EntryRef(v.resource_type, v.resource_id, v.version, v.last_updated, str(write.provenance["id"]),
