@@ -12,9 +12,11 @@ app = create_app()
 @app.get("/fhir/<resource_type>/<resource_id>")
 def read(resource_type: str, resource_id: str) -> Response[str]:
     principal = FhirRequest(app).authorize(resource_type, "read")
+    within = principal.confinement(resource_type, "read")  # a patient-scoped token: its compartment only
     if resource_type == PROVENANCE:
-        return resource_response(provenance_version(services().provenance.read(principal.tenant, resource_id)))
-    return resource_response(services().resources.read(resource_type, resource_id, principal.tenant))
+        record = services().provenance.read(principal.tenant, resource_id, within=within)
+        return resource_response(provenance_version(record))
+    return resource_response(services().resources.read(resource_type, resource_id, principal.tenant, within=within))
 
 
 handler = lambda_entry(app)

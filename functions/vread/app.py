@@ -12,10 +12,12 @@ app = create_app()
 @app.get("/fhir/<resource_type>/<resource_id>/_history/<vid>")
 def vread(resource_type: str, resource_id: str, vid: str) -> Response[str]:
     principal = FhirRequest(app).authorize(resource_type, "vread")
+    within = principal.confinement(resource_type, "vread")  # a patient-scoped token: its compartment only
     if resource_type == PROVENANCE:
-        record = services().provenance.vread(principal.tenant, resource_id, vid)
+        record = services().provenance.vread(principal.tenant, resource_id, vid, within=within)
         return resource_response(provenance_version(record))
-    return resource_response(services().resources.vread(resource_type, resource_id, vid, principal.tenant))
+    version = services().resources.vread(resource_type, resource_id, vid, principal.tenant, within=within)
+    return resource_response(version)
 
 
 handler = lambda_entry(app)

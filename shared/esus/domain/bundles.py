@@ -13,10 +13,10 @@ from typing import Any
 
 from esus.domain.conditional import ConditionalService
 from esus.domain.fhir import RESOURCE_TYPES, now_instant, require_id
-from esus.domain.resources import ResourceService, same_content
+from esus.domain.resources import ResourceService, check_entry_content, check_entry_target, same_content
 from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PreconditionFailed
 from esus.model import IndexEntry, Version
-from esus.security.auth import CREATE, Principal
+from esus.security.auth import CREATE, SEARCH, Principal
 from esus.storage.store import Store, TransientConflict, VersionConflict
 
 METHOD_INTERACTION = {"POST": "create", "PUT": "update", "DELETE": "delete"}
@@ -118,13 +118,15 @@ class BundleService:
         where = f"Bundle.entry[{index}]"
         if_match = _if_match(request)
         current = self._store.current(principal.tenant, resource_type, resource_id) if method != "POST" else None
+        check_entry_target(principal, method, resource_type, resource_id, current)
         if if_match is not None and (current is None or current.version != if_match):
             found = f"is at version {current.version}" if current else "does not exist"
             raise PreconditionFailed(f"{where}: If-Match {if_match} failed: {resource_type}/{resource_id} {found}")
         guard = None
         if method == "POST" and request.get("ifNoneExist"):
             matches = self._conditional.matches_for_transaction(principal.tenant, resource_type,
-                                                                str(request["ifNoneExist"]))
+                                                                str(request["ifNoneExist"]),
+                                                                principal.confined_to(resource_type, SEARCH))
             # The same condition twice would make both entries create (or write the guard twice): the
             # second create would break the condition the first one set, so the transaction is refused.
             first = conditions.setdefault(matches.guard[0], index)
@@ -150,6 +152,8 @@ class BundleService:
             number = current.version + 1 if current else 1
             status = 200 if current and not current.deleted else 201
             version = self._resources.new_version(resource_type, resource_id, number, resource, method, status)
+        if method != "DELETE":
+            check_entry_content(principal, method, version)
         write, sort_key = self._resources.prepare(
             principal, version, current.version if current else None, current.deleted if current else None,
             current.index_refs if current else (), x_provenance)
