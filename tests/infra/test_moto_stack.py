@@ -282,6 +282,9 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     status, _, _ = deployed.request("OpenApiFunction", "GET", "/fhir/openapi.json", "/fhir/openapi.json", None,
                                     authorized=False)
     assert status == 200
+    status, body, _ = deployed.request("SmartConfigurationFunction", "GET", "/fhir/.well-known/smart-configuration",
+                                       "/fhir/.well-known/smart-configuration", None, authorized=False)
+    assert status == 200 and "permission-patient" in body["capabilities"], body
 
     patient = {"resourceType": "Patient", "name": [{"family": "Chalmers"}],
                "telecom": [{"system": "phone", "value": "+1 555 0100"},
@@ -345,6 +348,32 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     status, body, _ = deployed.request("CreateFunction", "POST", "/fhir/Provenance", "/fhir/{type}",
                                        {"type": "Provenance"}, body=posted)
     assert status == 201, body
+
+    # The patient's compartment: a compartment search with an _include, _revinclude of Provenance, $everything.
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+                   "subject": {"reference": f"Patient/{pid}"}, "performer": [{"reference": "Practitioner/1"}]}
+    status, body, _ = deployed.request("CreateFunction", "POST", "/fhir/Observation", "/fhir/{type}",
+                                       {"type": "Observation"}, body=observation)
+    assert status == 201, body
+    status, body, _ = deployed.request(
+        "CompartmentSearchFunction", "GET", f"/fhir/Patient/{pid}/Observation", "/fhir/{type}/{id}/{member_type}",
+        {"type": "Patient", "id": pid, "member_type": "Observation"}, query={"_include": "Observation:subject"})
+    assert status == 200 and body["total"] == 1 and len(body["entry"]) == 2, body
+    status, body, _ = deployed.request("SearchFunction", "GET", "/fhir/Patient", "/fhir/{type}", {"type": "Patient"},
+                                       query={"_id": pid, "_revinclude": "Provenance:target"})
+    assert status == 200 and len(body["entry"]) >= 3, body
+    status, body, _ = deployed.request(
+        "EverythingFunction", "GET", f"/fhir/Patient/{pid}/$everything", "/fhir/{type}/{id}/$everything",
+        {"type": "Patient", "id": pid}, query={"_count": "2"})
+    assert status == 200 and len(body["entry"]) == 2 and body["link"][-1]["relation"] == "next", body
+    status, body, _ = deployed.request(
+        "EverythingFunction", "GET", f"/fhir/Patient/{pid}/$everything", "/fhir/{type}/{id}/$everything",
+        {"type": "Patient", "id": pid}, query={"_type": "Provenance"})
+    assert status == 200 and {e["resource"]["resourceType"] for e in body["entry"]} == {"Provenance"}, body
+    status, body, _ = deployed.request(
+        "CompartmentSearchFunction", "GET", f"/fhir/Patient/{pid}/Provenance", "/fhir/{type}/{id}/{member_type}",
+        {"type": "Patient", "id": pid, "member_type": "Provenance"})
+    assert status == 200 and body["total"] >= 2, body
 
     # Conditional create, update and delete of a second Patient, chosen by identifier.
     second = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "MRN-2"}],

@@ -154,6 +154,27 @@ FUNCTIONS: tuple[Function, ...] = (
                  WRITE_NEW_VERSION,
                  DROP_STALE_INDEX,
              )),
+    Function("SmartConfiguration", "smart_configuration",
+             "GET /fhir/.well-known/smart-configuration (SMART App Launch discovery, no authentication)",
+             routes=(Api("GET", "/fhir/.well-known/smart-configuration", public=True),),
+             env={"ESUS_JWT_ISSUER": "!Ref JwtIssuer", "ESUS_JWKS_URL": "!Ref JwksUrl",
+                  "ESUS_SMART_AUTHORIZATION_ENDPOINT": "!Ref SmartAuthorizationEndpoint",
+                  "ESUS_SMART_TOKEN_ENDPOINT": "!Ref SmartTokenEndpoint"}),
+    Function("CompartmentSearch", "compartment_search", "GET /fhir/Patient/{id}/{type} (Patient compartment search)",
+             routes=(Api("GET", "/fhir/{type}/{id}/{member_type}"),), keys=DECRYPT, grants=(
+                 Grant("QueryIndex", "dynamodb:Query", "IndexTable",
+                       "The compartment's reference index keys (and the query's own), then the matches."),
+                 Grant("ReadMatches", "dynamodb:BatchGetItem", "ResourcesTable ProvenanceTable"),
+             )),
+    Function("Everything", "everything", "GET /fhir/Patient/{id}/$everything",
+             routes=(Api("GET", "/fhir/{type}/{id}/$everything"),), keys=DECRYPT, grants=(
+                 Grant("ReadPatient", "dynamodb:GetItem", "ResourcesTable", "The Patient itself (a read)."),
+                 Grant("QueryIndex", "dynamodb:Query", "IndexTable",
+                       "The compartment's reference index keys, per type and parameter, and Provenance's."),
+                 Grant("ReadMembers", "dynamodb:BatchGetItem", "ResourcesTable ProvenanceTable",
+                       "One page of members, and the Practitioners, Organizations, Locations and Medications they "
+                       "reference."),
+             )),
     Function("Search", "search", "GET /fhir/{type} and POST /fhir/{type}/_search",
              routes=(Api("GET", "/fhir/{type}"), Api("POST", "/fhir/{type}/_search", event="SearchPost")),
              keys=DECRYPT, grants=(
