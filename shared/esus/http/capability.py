@@ -48,6 +48,7 @@ def capability_statement(settings: Settings, base_url: str) -> dict[str, Any]:
         "rest": [{
             "mode": "server",
             "security": {
+                **_oauth_uris(settings),
                 "cors": False,
                 "service": [{"coding": [{
                     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR",
@@ -100,6 +101,16 @@ def _rev_includes() -> dict[str, list[str]]:
     for target in PROVENANCE_AGENT_TYPES:
         found[target].add(f"{PROVENANCE}:agent")
     return {t: sorted(v) for t, v in found.items() if t in SUPPORTED_TYPES}
+
+
+def _oauth_uris(settings: Settings) -> dict[str, Any]:
+    """SMART App Launch's oauth-uris extension (what SMART v1 clients read), when the endpoints are configured."""
+    uris = [(name, url) for name, url in (("authorize", settings.smart_authorization_endpoint),
+                                          ("token", settings.smart_token_endpoint)) if url]
+    if not uris:
+        return {}
+    return {"extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                           "extension": [{"url": name, "valueUri": url} for name, url in uris]}]}
 
 
 SMART_CAPABILITIES = (
