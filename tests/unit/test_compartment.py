@@ -93,3 +93,21 @@ def test_the_authorizer_verifies_and_passes_the_patient_claim() -> None:
     for bad in ("Patient/p1", 42, "", "x" * 65):
         with pytest.raises(Unauthorized):
             verifier.verify(token(patient=bad))
+
+
+def test_esus_token_names_the_patient(tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import jwt
+
+    from esus_dev.cli import main
+
+    monkeypatch.setenv("ESUS_DEV_DIR", str(tmp_path))
+    main(["token", "--tenant", "acme", "--scope", "patient/*.read", "--patient", "p-1"])
+    claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
+    assert (claims["patient"], claims["scope"]) == ("p-1", "patient/*.read")
+    main(["token", "--tenant", "acme"])
+    assert "patient" not in jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
+    with pytest.raises(SystemExit) as exited:
+        main(["token", "--tenant", "acme", "--patient", "Patient/p-1"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "--patient takes a Patient id" in err and "Traceback" not in err
