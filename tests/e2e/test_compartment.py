@@ -124,6 +124,14 @@ def test_everything_pages_the_whole_compartment_with_what_it_references(
         only = client.get(f"/Patient/{p}/$everything", params={"_type": "Encounter,Location", "_count": 50}).json()
         assert {t for t, _ in matches(only)} == {"Encounter"} and matches(only, "include") == [
             ("Location", world["clinic"])]
+        first = client.get(f"/Patient/{p}/$everything", params={"_count": 7}).json()
+        next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        cursor = next_url.split("_cursor=")[1]
+        assert client.get(f"/Patient/{p}/$everything", params={"_count": 8, "_cursor": cursor}).status_code == 400
+        assert client.get(f"/Patient/{world['q']}/$everything", params={"_count": 7, "_cursor": cursor}
+                          ).status_code == 400  # bound to the patient and the query
+        forged = cursor[:10] + ("A" if cursor[10] != "A" else "B") + cursor[11:]
+        assert client.get(f"/Patient/{p}/$everything", params={"_count": 7, "_cursor": forged}).status_code == 400
         bad = client.get(f"/Patient/{p}/$everything", params={"_type": "Nope"})
         assert bad.status_code == 400
         assert client.get(f"/Patient/{p}/$everything", params={"start": "2020"}).status_code == 400

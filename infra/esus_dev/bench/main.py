@@ -11,6 +11,7 @@ from pathlib import Path
 
 import esus_dev.bench
 from esus_dev.bench.cold import COLD_REQUESTS, cold_child, cold_phase
+from esus_dev.bench.compartment import compartment_phase
 from esus_dev.bench.crypto import crypto_phase
 from esus_dev.bench.gateway import new_client, start_stack
 from esus_dev.bench.machine import describe_machine, load_average
@@ -23,6 +24,7 @@ DEFAULT_ITERATIONS = 50
 DEFAULT_WARMUP = 3
 DEFAULT_COLD_REPEATS = 3
 DEFAULT_CRYPTO_SECONDS = 0.4
+DEFAULT_COMPARTMENT_REPEATS = 4
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> Report:
             client = new_client(stack, recorder)
             _progress(f"warm: {args.iterations} iterations x {len(INTERACTIONS)} interactions")
             warm_phase(client, report, args.iterations, args.warmup)
+            _progress(f"compartment: a Synthea patient, {args.compartment_repeats} runs")
+            compartment_phase(client, report, args.compartment_repeats)
             _progress(f"cold: {len(COLD_REQUESTS) + 1} functions x {args.cold_repeats} subprocesses")
             cold_phase(client, report, args.cold_repeats)
             _progress("crypto")
@@ -68,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"fresh subprocesses per function (default {DEFAULT_COLD_REPEATS})")
     parser.add_argument("--crypto-seconds", type=float, default=DEFAULT_CRYPTO_SECONDS,
                         help=f"time per crypto operation (default {DEFAULT_CRYPTO_SECONDS})")
+    parser.add_argument("--compartment-repeats", type=int, default=DEFAULT_COMPARTMENT_REPEATS,
+                        help=f"runs of $everything and the compartment search (default {DEFAULT_COMPARTMENT_REPEATS})")
     parser.add_argument("--write", metavar="PATH", help="also write the report (markdown) to PATH")
     parser.add_argument("--cold-child", help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)

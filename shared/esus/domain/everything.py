@@ -71,18 +71,19 @@ class EverythingService:
         count = page_size(self._s, last_value(params.get("_count")))
         binding = json.dumps(["$everything", patient_id, sorted(types) if types else None, since, count])
         cursor = last_value(params.get("_cursor"))
-        after = self._cursors.verify(tenant, binding, cursor) if cursor else None
-        if after is not None and not isinstance(after, str):
-            raise InvalidRequest("The paging cursor is invalid")
+        after, pending = _position(self._cursors.verify(tenant, binding, cursor)) if cursor else (None, None)
+        # A later page looks up only the types that still had candidates after the previous page.
         wanted = [t for t in sorted(compartment_types()) if (types is None or t in types)
-                  and may_see_type(principal, t)]
+                  and (pending is None or t in pending) and may_see_type(principal, t)]
         keys = self._candidate_keys(tenant, patient_id, wanted)
         start = bisect.bisect_right(keys, after) if after is not None else 0
         page, position = self._page(principal, patient_id, keys, start, count, since)
         referenced = [t for t in REFERENCED_TYPES if (types is None or t in types) and may_see_type(principal, t)]
         included = self._referenced(principal, page, referenced, since)
-        next_cursor = self._cursors.sign(tenant, binding, keys[position - 1]) if count and position < len(keys) \
-            else None
+        next_cursor = None
+        if count and position < len(keys):
+            remaining = sorted({key.split("|")[1] for key in keys[position:]})
+            next_cursor = self._cursors.sign(tenant, binding, {"k": keys[position - 1], "t": remaining})
         return EverythingPage(page, included, next_cursor, len(keys))
 
     def _candidate_keys(self, tenant: str, patient_id: str, types: list[str]) -> list[str]:
@@ -137,6 +138,13 @@ class EverythingService:
                     wanted[resource_type].add(resource_id)
         found = self._includes.current(principal.tenant, wanted) if wanted else []
         return [r for r in found if _changed_since(r, since) and visible(principal, r["resourceType"], r)]
+
+
+def _position(value: Any) -> tuple[str, set[str]]:
+    """A verified cursor: (the last candidate key served, the types that still had candidates)."""
+    if not isinstance(value, dict) or not isinstance(value.get("k"), str) or not isinstance(value.get("t"), list):
+        raise InvalidRequest("The paging cursor is invalid")
+    return value["k"], {str(t) for t in value["t"]}
 
 
 def _types(values: list[str] | None) -> set[str] | None:
