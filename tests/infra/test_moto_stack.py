@@ -304,6 +304,22 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     status, body, _ = deployed.request("HistoryFunction", "GET", f"/fhir/Patient/{pid}/_history",
                                        "/fhir/{type}/{id}/_history", item)
     assert status == 200, body
+    # A patient-scoped token (SMART launch context): a vread also reads the current version (membership).
+    patient_token = mint_token("infratest", "patient/*.read", None, directory=deployed.dev_dir, patient=pid)
+    patient_policy = deployed.invoke("AuthorizerFunction", {
+        "type": "TOKEN", "authorizationToken": f"Bearer {patient_token}",
+        "methodArn": f"arn:aws:execute-api:{REGION}:123456789012:api1234/prod/GET/fhir/Patient",
+    }, overrides={"ESUS_JWKS_URL": "", "ESUS_JWT_PUBLIC_KEYS_PEM": public_key_pem(deployed.dev_dir)})
+    assert patient_policy["context"]["patient"] == pid
+    user_context = deployed.authorizer_context
+    deployed.authorizer_context = {**patient_policy["context"], "principalId": patient_policy["principalId"]}
+    status, body, _ = deployed.request("VreadFunction", "GET", f"/fhir/Patient/{pid}/_history/1",
+                                       "/fhir/{type}/{id}/_history/{vid}", {**item, "vid": "1"})
+    assert status == 200, body
+    status, body, _ = deployed.request("VreadFunction", "GET", "/fhir/Patient/other/_history/1",
+                                       "/fhir/{type}/{id}/_history/{vid}", {**item, "id": "other", "vid": "1"})
+    assert status == 404, body
+    deployed.authorizer_context = user_context
     status, body, _ = deployed.request("HistoryFunction", "GET", "/fhir/Patient/unknown/_history",
                                        "/fhir/{type}/{id}/_history", {"type": "Patient", "id": "unknown"})
     assert status == 404, body

@@ -122,6 +122,9 @@ FUNCTIONS: tuple[Function, ...] = (
     Function("Vread", "vread", "GET /fhir/{type}/{id}/_history/{vid}",
              routes=(Api("GET", "/fhir/{type}/{id}/_history/{vid}"),), keys=DECRYPT, grants=(
                  Grant("ReadVersion", "dynamodb:GetItem", "HistoryTable"),
+                 Grant("ReadCurrent", "dynamodb:GetItem", "ResourcesTable",
+                       "A patient-scoped token: the current version decides whether the resource is in its "
+                       "compartment."),
                  Grant("ReadProvenance", "dynamodb:BatchGetItem", "ProvenanceTable"),
              )),
     Function("History", "history", "GET /fhir/{type}/{id}/_history",
