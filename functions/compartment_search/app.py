@@ -2,6 +2,7 @@
 
 from aws_lambda_powertools.event_handler import Response
 
+from esus.container import services
 from esus.domain.compartment import PATIENT
 from esus.domain.fhir import require_id
 from esus.errors import NotFound
@@ -15,7 +16,8 @@ app = create_app()
 def compartment_search(compartment: str, patient_id: str, resource_type: str) -> Response[str]:
     if compartment != PATIENT:
         raise NotFound("No such FHIR endpoint (the Patient compartment is the only one offered)")
-    return search_response(FhirRequest(app), resource_type, require_id(patient_id))
+    request = FhirRequest(app)
+    return search_response(request, services().search, services().includes, resource_type, require_id(patient_id))
 
 
 handler = lambda_entry(app)

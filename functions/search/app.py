@@ -2,6 +2,7 @@
 
 from aws_lambda_powertools.event_handler import Response
 
+from esus.container import services
 from esus.http.api import FhirRequest, create_app, lambda_entry
 from esus.http.searchset import search_response
 
@@ -11,7 +12,7 @@ app = create_app()
 @app.get("/fhir/<resource_type>")
 @app.post("/fhir/<resource_type>/_search")
 def search(resource_type: str) -> Response[str]:
-    return search_response(FhirRequest(app), resource_type)
+    return search_response(FhirRequest(app), services().search, services().includes, resource_type)
 
 
 handler = lambda_entry(app)

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler import Response
 
-from esus.container import services
-from esus.domain.includes import parse_includes, split_includes
+from esus.domain.includes import IncludeService, parse_includes, split_includes
+from esus.domain.search import SearchService
 from esus.http.api import FhirRequest, fhir_response
 from esus.http.bundle_render import searchset_bundle
 
 
-def search_response(request: FhirRequest, resource_type: str, compartment: str | None = None) -> Response[str]:
+def search_response(
+    request: FhirRequest, search: SearchService, includes: IncludeService, resource_type: str,
+    compartment: str | None = None,
+) -> Response[str]:
     """`compartment`: a Patient id (GET /fhir/Patient/{id}/{type}): only that patient's compartment."""
     principal = request.authorize(resource_type, "search-type")
     params, include_params = split_includes(request.search_params())
-    includes = parse_includes(include_params, [resource_type])
-    page = services().search.search(principal, resource_type, params, request.lenient, compartment)
-    included = services().includes.included(principal, page.resources, includes) if includes else []
+    wanted = parse_includes(include_params, [resource_type])
+    page = search.search(principal, resource_type, params, request.lenient, compartment)
+    included = includes.included(principal, page.resources, wanted) if wanted else []
     shown = dict(page.applied if page.applied is not None else params)  # what was applied, not what was sent
     shown.update(include_params)
     if params.get("_cursor"):
