@@ -14,7 +14,8 @@ def history(resource_type: str, resource_id: str) -> Response[str]:
     request = FhirRequest(app)
     principal = request.authorize(resource_type, "history-instance")
     params = request.query()
-    page = services().resources.history(resource_type, resource_id, principal.tenant, params)
+    within = principal.confinement(resource_type, "history-instance")
+    page = services().resources.history(resource_type, resource_id, principal.tenant, params, within=within)
     next_url = None
     if page.next_cursor:
         next_url = request.url_with(_cursor=page.next_cursor)

@@ -17,9 +17,11 @@ app = create_app()
 def read(resource_type: str, resource_id: str) -> Response[Any]:
     request = FhirRequest(app)
     principal = request.authorize(resource_type, "read")
+    within = principal.confinement(resource_type, "read")  # a patient-scoped token: its compartment only
     if resource_type == PROVENANCE:
-        return resource_response(provenance_version(services().provenance.read(principal.tenant, resource_id)))
-    version = services().resources.read(resource_type, resource_id, principal.tenant)
+        record = services().provenance.read(principal.tenant, resource_id, within=within)
+        return resource_response(provenance_version(record))
+    version = services().resources.read(resource_type, resource_id, principal.tenant, within=within)
     return read_response(request, version)  # a Binary may answer with its raw content (Accept)
 
 

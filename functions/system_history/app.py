@@ -14,7 +14,8 @@ app = create_app()
 def system_history() -> Response[str]:
     request = FhirRequest(app)
     principal = request.authorize(ALL_TYPES, "history-system")
-    page = services().resources.changes(principal.tenant, None, request.query())
+    within = principal.confinement(ALL_TYPES, "history-system")
+    page = services().resources.changes(principal.tenant, None, request.query(), within=within)
     next_url = request.url_with(_cursor=page.next_cursor) if page.next_cursor else None
     return page_response(history_bundle(request.base_url, request.url, page.versions, next_url))
 

@@ -13,7 +13,8 @@ app = create_app()
 def type_history(resource_type: str) -> Response[str]:
     request = FhirRequest(app)
     principal = request.authorize(resource_type, "history-type")
-    page = services().resources.changes(principal.tenant, resource_type, request.query())
+    within = principal.confinement(resource_type, "history-type")
+    page = services().resources.changes(principal.tenant, resource_type, request.query(), within=within)
     next_url = request.url_with(_cursor=page.next_cursor) if page.next_cursor else None
     return page_response(history_bundle(request.base_url, request.url, page.versions, next_url))
 

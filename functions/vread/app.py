@@ -17,10 +17,11 @@ app = create_app()
 def vread(resource_type: str, resource_id: str, vid: str) -> Response[Any]:
     request = FhirRequest(app)
     principal = request.authorize(resource_type, "vread")
+    within = principal.confinement(resource_type, "vread")  # a patient-scoped token: its compartment only
     if resource_type == PROVENANCE:
-        record = services().provenance.vread(principal.tenant, resource_id, vid)
+        record = services().provenance.vread(principal.tenant, resource_id, vid, within=within)
         return resource_response(provenance_version(record))
-    version = services().resources.vread(resource_type, resource_id, vid, principal.tenant)
+    version = services().resources.vread(resource_type, resource_id, vid, principal.tenant, within=within)
     return read_response(request, version)  # a Binary may answer with its raw content (Accept)
 
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from esus.security.auth import PATIENT_ID
 from esus_dev.localstack import stackstate
 from esus_dev.localstack.devkeys import dev_dir, mint_token
 
@@ -145,8 +146,10 @@ def cmd_openapi(args: argparse.Namespace) -> None:
 
 
 def cmd_token(args: argparse.Namespace) -> None:
+    if args.patient is not None and not PATIENT_ID.match(args.patient):
+        raise OperatorError("--patient takes a Patient id (letters, digits, '-', '.'; at most 64), not a reference")
     print(mint_token(args.tenant, args.scope, args.fhir_user, subject=args.subject,
-                     lifetime_seconds=args.lifetime))
+                     lifetime_seconds=args.lifetime, patient=args.patient))
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -284,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--fhir-user", default=None)
     token.add_argument("--subject", default="dev-user")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds")
+    token.add_argument("--patient", default=None,
+                       help="Patient id of the SMART launch context (the `patient` claim patient/ scopes need)")
     token.set_defaults(func=cmd_token)
 
     for name, func, text in (

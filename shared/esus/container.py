@@ -11,6 +11,8 @@ from botocore.config import Config
 
 from esus.domain.bundles import BundleService
 from esus.domain.conditional import ConditionalService
+from esus.domain.everything import EverythingService
+from esus.domain.includes import IncludeService
 from esus.domain.provenance_service import ProvenanceService
 from esus.domain.resources import ResourceService
 from esus.domain.search import SearchService
@@ -42,6 +44,8 @@ class Services:
     search: SearchService
     conditional: ConditionalService
     bundles: BundleService
+    includes: IncludeService
+    everything: EverythingService
 
 
 def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None, s3: Any = None) -> Services:
@@ -67,6 +71,7 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
     resources = ResourceService(settings, store, blind, cursors, search_keys)
     search = SearchService(settings, store, blind, cursors, search_keys)
     conditional = ConditionalService(resources, search, store, blind)
+    includes = IncludeService(store, search)
     return Services(
         settings=settings,
         keyring=keyring,
@@ -76,6 +81,8 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
         search=search,
         conditional=conditional,
         bundles=BundleService(store, resources, conditional, error_for),
+        includes=includes,
+        everything=EverythingService(settings, store, resources, search, includes, cursors),
     )
 
 

@@ -87,6 +87,11 @@ class Settings:
     jwt_max_token_bytes: int = 8192
     jwt_leeway_seconds: int = 30
 
+    # SMART App Launch discovery (GET /fhir/.well-known/smart-configuration): the identity provider's OAuth
+    # endpoints, where SMART apps obtain tokens ESUS accepts. Unset: left out of the document.
+    smart_authorization_endpoint: str | None = None
+    smart_token_endpoint: str | None = None
+
     def __init__(self, **values: Any) -> None:
         environment = {k.upper(): v for k, v in os.environ.items()}
         for spec in dataclasses.fields(self):

@@ -51,10 +51,11 @@ class InProcessStack:
         self.stack, self.dev_dir, self.ddb, self.secrets, self.s3 = stack, dev_dir, ddb, secrets, s3
 
     def request(self, method: str, path: str, body: Any = None, tenant: str = "acme",
-                headers: dict[str, str] | None = None, scope: str = "user/*.*") -> GatewayResult:
+                headers: dict[str, str] | None = None, scope: str = "user/*.*",
+                patient: str | None = None) -> GatewayResult:
         from pathlib import Path
 
-        token = mint_token(tenant, scope, "Practitioner/1", directory=Path(self.dev_dir))
+        token = mint_token(tenant, scope, "Practitioner/1", directory=Path(self.dev_dir), patient=patient)
         all_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json",
                        "Host": "fhir.test", **(headers or {})}
         raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""

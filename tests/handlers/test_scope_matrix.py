@@ -2,9 +2,11 @@
 
 The oracle is the README table (the documented contract), parsed here, and a small independent reading of
 SMART scopes. For every generated scope set (SMART v1 and v2, c/r/u/d/s subsets, types and wildcards,
-user/system/patient contexts) and every route: a route the scopes do not allow answers 403 with an
-OperationOutcome that carries none of the resource, no version headers, and the same answer whether or not
-the target exists; a route they allow never answers 403.
+user/system/patient contexts, with or without a `patient` launch context naming the stored Patient) and every
+route: a route the scopes do not allow answers 403 with an OperationOutcome that carries none of the resource,
+no version headers, and the same answer whether or not the target exists; a route they allow never answers
+403, except what the README's patient-scope rules refuse to a token whose letters come from patient/ scopes
+(a write that would land outside the compartment, type-level history).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from esus.security.auth import INTERACTION_SCOPES
@@ -43,12 +46,19 @@ def test_readme_table_is_the_code_table() -> None:
     assert readme_table() == {name: set(letters) for name, letters in INTERACTION_SCOPES.items()}
 
 
-def granted(scopes: list[str], resource_type: str) -> set[str]:
+COMPARTMENT_TYPES = {"Patient"}  # of the probed types; "*" (system level) never is
+
+
+def granted(scopes: list[str], resource_type: str, patient: str | None = None, contexts: tuple[str, ...] = (
+        "user", "system", "patient")) -> set[str]:
+    """Letters granted on a type: patient/ scopes count only with a launch context, on compartment types."""
     letters: set[str] = set()
     for scope in scopes:
         context, _, rest = scope.partition("/")
         scope_type, _, access = rest.partition(".")
-        if context == "patient" or scope_type not in ("*", resource_type):
+        if context not in contexts or scope_type not in ("*", resource_type):
+            continue
+        if context == "patient" and (patient is None or resource_type not in COMPARTMENT_TYPES):
             continue
         letters |= set(V1.get(access, access))
     return letters
@@ -73,28 +83,38 @@ class Probe:
     headers: dict[str, str] | None = None
     extra: str = ""  # letters needed beyond the interaction's (an update that creates needs c)
     scope_type: str = "Patient"
+    # Refused (403) when these letters come only from patient/ scopes (the README's patient-scope rules): a
+    # write that would land outside the compartment (a new Patient is not the token's patient), creating under
+    # an id of its choosing (once the update itself is allowed anywhere), type-level history.
+    refused_when_confined: Callable[[set[str]], bool] = lambda confined: False
+    # When the interaction's own letters are confined to the compartment, the server never creates here (no
+    # update-as-create for a confined update: an unknown id is a 404), so `extra` is not needed.
+    no_extra_when_confined: bool = False
 
 
 def probes(pid: str, doomed: str, marker: str) -> list[Probe]:
     fresh = str(uuid.uuid4())
     patient = {"resourceType": "Patient", "identifier": [{"system": "urn:t", "value": marker}]}
     return [
-        Probe("create", "POST", "/Patient", {"resourceType": "Patient"}),
+        Probe("create", "POST", "/Patient", {"resourceType": "Patient"},
+              refused_when_confined=lambda confined: "c" in confined),
         Probe("conditional-create", "POST", "/Patient", patient,
               {"If-None-Exist": f"identifier=urn:t|{marker}", "Prefer": "return=representation"}),
         Probe("read", "GET", f"/Patient/{pid}"),
         Probe("vread", "GET", f"/Patient/{pid}/_history/1"),
         Probe("history-instance", "GET", f"/Patient/{pid}/_history"),
         Probe("update", "PUT", f"/Patient/{pid}", {**patient, "id": pid, "active": True}),
-        Probe("update", "PUT", f"/Patient/{fresh}", {"resourceType": "Patient", "id": fresh}, extra="c"),
+        Probe("update", "PUT", f"/Patient/{fresh}", {"resourceType": "Patient", "id": fresh}, extra="c",
+              refused_when_confined=lambda confined: "c" in confined and "u" not in confined,
+              no_extra_when_confined=True),
         Probe("patch", "PATCH", f"/Patient/{pid}", [], {"Content-Type": "application/json-patch+json"}),
         Probe("conditional-update", "PUT", f"/Patient?identifier=urn:t|{marker}",
               {**patient, "active": False}),
         Probe("conditional-update", "PUT", f"/Patient?identifier=urn:t|none-{marker}",
-              {"resourceType": "Patient"}, extra="c"),
+              {"resourceType": "Patient"}, extra="c", refused_when_confined=lambda confined: "c" in confined),
         Probe("conditional-delete", "DELETE", f"/Patient?identifier=urn:t|none-{marker}"),
         Probe("search-type", "GET", f"/Patient?identifier=urn:t|{marker}"),
-        Probe("history-type", "GET", "/Patient/_history"),
+        Probe("history-type", "GET", "/Patient/_history", refused_when_confined=lambda confined: "s" in confined),
         Probe("history-system", "GET", "/_history", scope_type="*"),
         Probe("delete", "DELETE", f"/Patient/{doomed}"),
     ]
@@ -109,27 +129,39 @@ def assert_refused(result: GatewayResult, what: str) -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(scopes=SCOPES)
-def test_every_route_answers_what_the_scopes_allow(local: InProcessStack, scopes: list[str]) -> None:
+@given(scopes=SCOPES, with_patient=st.booleans())
+@example(scopes=["patient/*.cruds"], with_patient=True)  # every interaction confined to the compartment
+@example(scopes=["patient/Patient.rs"], with_patient=False)  # patient/ scopes without a launch context
+@example(scopes=["user/Patient.u", "patient/Patient.cs"], with_patient=True)  # mixed: union, per letter
+@example(scopes=["patient/Patient.cud", "user/Patient.rs"], with_patient=True)
+def test_every_route_answers_what_the_scopes_allow(local: InProcessStack, scopes: list[str],
+                                                   with_patient: bool) -> None:
     marker = uuid.uuid4().hex
     stored = {"resourceType": "Patient", "name": [{"family": SECRET_NAME}],
               "identifier": [{"system": "urn:t", "value": marker}]}
     pid = local.json(local.request("POST", "/Patient", stored))["id"]
     doomed = local.json(local.request("POST", "/Patient", {"resourceType": "Patient"}))["id"]
     scope = " ".join(scopes)
+    patient = pid if with_patient else None  # the launch context: the stored Patient's compartment
     for probe in probes(pid, doomed, marker):
-        needed = set(INTERACTION_SCOPES[probe.interaction]) | set(probe.extra)
-        allowed = needed <= granted(scopes, probe.scope_type)
-        what = f"{scope}: {probe.method} {probe.path}"
+        own = set(INTERACTION_SCOPES[probe.interaction])
+        own_confined = own <= granted(scopes, probe.scope_type, patient) and not own <= granted(
+            scopes, probe.scope_type, contexts=("user", "system"))
+        needed = own | (set() if probe.no_extra_when_confined and own_confined else set(probe.extra))
+        allowed = needed <= granted(scopes, probe.scope_type, patient)
+        confined = needed - granted(scopes, probe.scope_type, contexts=("user", "system"))
+        if allowed and confined and probe.refused_when_confined(confined):
+            allowed = False
+        what = f"{scope} (patient={patient}): {probe.method} {probe.path}"
         headers = {"Content-Type": "application/fhir+json", **(probe.headers or {})}
-        result = local.request(probe.method, probe.path, probe.body, headers=headers, scope=scope)
+        result = local.request(probe.method, probe.path, probe.body, headers=headers, scope=scope, patient=patient)
         if allowed:
             assert result.status != 403, (what, result.body[:200])
         else:
             assert_refused(result, what)
             if probe.method == "GET" and probe.path.startswith(f"/Patient/{pid}"):
                 unknown = probe.path.replace(pid, str(uuid.uuid4()))
-                other = local.request("GET", unknown, headers=headers, scope=scope)
+                other = local.request("GET", unknown, headers=headers, scope=scope, patient=patient)
                 assert (other.status, json.loads(other.body)) == (result.status, json.loads(result.body)), what
 
 

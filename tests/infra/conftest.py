@@ -28,7 +28,8 @@ REGION = "us-east-1"
 # (test_moto_stack.py). Everything else (create, update, patch, delete and the conditional ones) writes.
 READ_ONLY_FUNCTIONS = ("ReadFunction", "VreadFunction", "HistoryFunction", "TypeHistoryFunction",
                        "SystemHistoryFunction", "SearchFunction", "MetadataFunction", "OpenApiFunction",
-                       "AuthorizerFunction")
+                       "AuthorizerFunction", "CompartmentSearchFunction", "EverythingFunction",
+                       "SmartConfigurationFunction")
 
 # Values for the parameters without a default (the issuer/audience are the local stack's, so tokens minted by
 # esus_dev.localstack.devkeys verify against the deployed authorizer's configuration).

@@ -293,6 +293,9 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     status, _, _ = deployed.request("OpenApiFunction", "GET", "/fhir/openapi.json", "/fhir/openapi.json", None,
                                     authorized=False)
     assert status == 200
+    status, body, _ = deployed.request("SmartConfigurationFunction", "GET", "/fhir/.well-known/smart-configuration",
+                                       "/fhir/.well-known/smart-configuration", None, authorized=False)
+    assert status == 200 and "permission-patient" in body["capabilities"], body
 
     # Sixty more phones: more search index items than one transaction holds, so the writes also put index
     # items beside the transaction (BatchWriteItem), as large resources do. And a photo too large for a DynamoDB
@@ -317,6 +320,22 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     status, body, _ = deployed.request("HistoryFunction", "GET", f"/fhir/Patient/{pid}/_history",
                                        "/fhir/{type}/{id}/_history", item)
     assert status == 200, body
+    # A patient-scoped token (SMART launch context): a vread also reads the current version (membership).
+    patient_token = mint_token("infratest", "patient/*.read", None, directory=deployed.dev_dir, patient=pid)
+    patient_policy = deployed.invoke("AuthorizerFunction", {
+        "type": "TOKEN", "authorizationToken": f"Bearer {patient_token}",
+        "methodArn": f"arn:aws:execute-api:{REGION}:123456789012:api1234/prod/GET/fhir/Patient",
+    }, overrides={"ESUS_JWKS_URL": "", "ESUS_JWT_PUBLIC_KEYS_PEM": public_key_pem(deployed.dev_dir)})
+    assert patient_policy["context"]["patient"] == pid
+    user_context = deployed.authorizer_context
+    deployed.authorizer_context = {**patient_policy["context"], "principalId": patient_policy["principalId"]}
+    status, body, _ = deployed.request("VreadFunction", "GET", f"/fhir/Patient/{pid}/_history/1",
+                                       "/fhir/{type}/{id}/_history/{vid}", {**item, "vid": "1"})
+    assert status == 200, body
+    status, body, _ = deployed.request("VreadFunction", "GET", "/fhir/Patient/other/_history/1",
+                                       "/fhir/{type}/{id}/_history/{vid}", {**item, "id": "other", "vid": "1"})
+    assert status == 404, body
+    deployed.authorizer_context = user_context
     status, body, _ = deployed.request("HistoryFunction", "GET", "/fhir/Patient/unknown/_history",
                                        "/fhir/{type}/{id}/_history", {"type": "Patient", "id": "unknown"})
     assert status == 404, body
@@ -361,6 +380,32 @@ def exercised(moto_stack: MotoStack, tmp_path_factory: pytest.TempPathFactory) -
     status, body, _ = deployed.request("CreateFunction", "POST", "/fhir/Provenance", "/fhir/{type}",
                                        {"type": "Provenance"}, body=posted)
     assert status == 201, body
+
+    # The patient's compartment: a compartment search with an _include, _revinclude of Provenance, $everything.
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+                   "subject": {"reference": f"Patient/{pid}"}, "performer": [{"reference": "Practitioner/1"}]}
+    status, body, _ = deployed.request("CreateFunction", "POST", "/fhir/Observation", "/fhir/{type}",
+                                       {"type": "Observation"}, body=observation)
+    assert status == 201, body
+    status, body, _ = deployed.request(
+        "CompartmentSearchFunction", "GET", f"/fhir/Patient/{pid}/Observation", "/fhir/{type}/{id}/{member_type}",
+        {"type": "Patient", "id": pid, "member_type": "Observation"}, query={"_include": "Observation:subject"})
+    assert status == 200 and body["total"] == 1 and len(body["entry"]) == 2, body
+    status, body, _ = deployed.request("SearchFunction", "GET", "/fhir/Patient", "/fhir/{type}", {"type": "Patient"},
+                                       query={"_id": pid, "_revinclude": "Provenance:target"})
+    assert status == 200 and len(body["entry"]) >= 3, body
+    status, body, _ = deployed.request(
+        "EverythingFunction", "GET", f"/fhir/Patient/{pid}/$everything", "/fhir/{type}/{id}/$everything",
+        {"type": "Patient", "id": pid}, query={"_count": "2"})
+    assert status == 200 and len(body["entry"]) == 2 and body["link"][-1]["relation"] == "next", body
+    status, body, _ = deployed.request(
+        "EverythingFunction", "GET", f"/fhir/Patient/{pid}/$everything", "/fhir/{type}/{id}/$everything",
+        {"type": "Patient", "id": pid}, query={"_type": "Provenance"})
+    assert status == 200 and {e["resource"]["resourceType"] for e in body["entry"]} == {"Provenance"}, body
+    status, body, _ = deployed.request(
+        "CompartmentSearchFunction", "GET", f"/fhir/Patient/{pid}/Provenance", "/fhir/{type}/{id}/{member_type}",
+        {"type": "Patient", "id": pid, "member_type": "Provenance"})
+    assert status == 200 and body["total"] >= 2, body
 
     # Conditional create, update and delete of a second Patient, chosen by identifier.
     second = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "MRN-2"}],

@@ -180,7 +180,8 @@ def test_local_stack_serves_exactly_the_deployed_routes(raw_template: dict[str, 
     local = {(r.function, r.method, r.path, r.authorized) for r in model.routes()}
     assert local == _translated_routes(translated)
     public = {("MetadataFunction", "GET", "/fhir/metadata", False),
-              ("OpenApiFunction", "GET", "/fhir/openapi.json", False)}
+              ("OpenApiFunction", "GET", "/fhir/openapi.json", False),
+              ("SmartConfigurationFunction", "GET", "/fhir/.well-known/smart-configuration", False)}
     assert public <= local
     assert all(authorized for function, _, _, authorized in local if (function, "GET") not in {
         (f, m) for f, m, _, _ in public})
@@ -385,7 +386,7 @@ def test_no_data_action_on_any_resource_and_only_this_stacks_resources(translate
 
 
 def test_routes_that_store_nothing_have_no_data_access(translated: dict[str, Any]) -> None:
-    for logical_id in ("AuthorizerFunction", "MetadataFunction"):
+    for logical_id in ("AuthorizerFunction", "MetadataFunction", "SmartConfigurationFunction"):
         statements, _ = _role_statements(translated, translated["Resources"][logical_id])
         assert statements == [], f"{logical_id} needs no data access: {statements}"
 

@@ -15,13 +15,15 @@ functions) on an embedded moto server, driven through LocalStack.handle without 
    that imports only boto3 and aws_lambda_powertools and makes one GetItem.
 4. Crypto throughput: field encryption/decryption, blind-index tokens, and the PHI codec's cost per
    resource next to plain json.dumps/loads.
+5. The patient compartment: `$everything` for one Synthea patient (~100 resources) and a compartment
+   search, every page: DynamoDB calls and handler time per page.
 
 moto on loopback is not DynamoDB: absolute milliseconds only describe this machine; round-trip counts
 and the ratios measured within one run are what carry over.
 
 One module per job: `scenario` (the interactions and their requests), `gateway` (the local stack in-process),
-`recorder` (AWS calls via botocore events), `warm`, `cold` and `crypto` (the phases), `machine`, `report` (the
-rows) and `render` (markdown); `main` runs them in order.
+`recorder` (AWS calls via botocore events), `warm`, `compartment`, `cold` and `crypto` (the phases), `machine`,
+`report` (the rows) and `render` (markdown); `main` runs them in order.
 
 Top-level imports in this package are stdlib only: `python -m esus_dev.bench --cold-child` is the cold-start
 child process, whose import timing must not be flattered by modules the parent already loaded.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import esus_dev.bench
 from esus_dev.bench.cold import COLD_REQUESTS, cold_child, cold_phase
+from esus_dev.bench.compartment import compartment_phase
 from esus_dev.bench.crypto import crypto_phase
 from esus_dev.bench.gateway import new_client, start_stack
 from esus_dev.bench.importcheck import check, route_functions
@@ -27,6 +28,7 @@ DEFAULT_WARMUP = 3
 DEFAULT_COLD_REPEATS = 3
 DEFAULT_CRYPTO_SECONDS = 0.4
 DEFAULT_IMPORT_ROUNDS = 5
+DEFAULT_COMPARTMENT_REPEATS = 4
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace) -> Report:
             client = new_client(stack, recorder)
             _progress(f"warm: {args.iterations} iterations x {len(INTERACTIONS)} interactions")
             warm_phase(client, report, args.iterations, args.warmup)
+            _progress(f"compartment: a Synthea patient, {args.compartment_repeats} runs")
+            compartment_phase(client, report, args.compartment_repeats)
             _progress(f"cold: {len(COLD_REQUESTS)} functions x {args.cold_repeats} rounds (each paired with bare, "
                       "and primed)")
             cold_phase(client, report, args.cold_repeats)
@@ -90,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"time per crypto operation (default {DEFAULT_CRYPTO_SECONDS})")
     parser.add_argument("--transaction-sizes", type=int, nargs="*", default=list(SIZES), metavar="N",
                         help=f"transaction Bundle sizes to measure (default {' '.join(map(str, SIZES))}; none: skip)")
+    parser.add_argument("--compartment-repeats", type=int, default=DEFAULT_COMPARTMENT_REPEATS,
+                        help=f"runs of $everything and the compartment search (default {DEFAULT_COMPARTMENT_REPEATS})")
     parser.add_argument("--write", metavar="PATH", help="also write the report (markdown) to PATH")
     parser.add_argument("--cold-child", help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)

@@ -15,6 +15,7 @@ def render(report: Report) -> str:
         *render_round_trips(report),
         *render_timings(report),
         *render_searches(report),
+        *render_compartment(report),
         *render_cold(report),
         *render_imports(report),
         *render_crypto(report),
@@ -27,6 +28,27 @@ def table(headers: list[str], rows: list[list[str]], align: str | None = None) -
     align = align or "l" * len(headers)
     rule = ["---:" if a == "r" else "---" for a in align]
     return [f"| {' | '.join(headers)} |", f"| {' | '.join(rule)} |", *(f"| {' | '.join(r)} |" for r in rows)]
+
+
+def render_compartment(report: Report) -> list[str]:
+    if not report.compartment:
+        return []
+    rows = [[r.name, f"`{r.url}`", str(r.pages), str(r.entries), " / ".join(map(str, r.calls_per_page)),
+             ", ".join(f"{op} {n:.1f}" for op, n in sorted(r.operations.items())),
+             f"{r.handler_median_ms:.0f}", f"{r.handler_max_ms:.0f}"] for r in report.compartment]
+    return [
+        "## Patient compartment",
+        "",
+        f"One Synthea patient, {report.compartment[0].source}, loaded once; every page requested by following the "
+        "`next` links (the first run warms up, the others are timed). `$everything` looks up every compartment "
+        "parameter of every type the token may see in the reference index (keys-only Queries, 8 side by side), "
+        "then reads the page's candidates and what they reference (BatchGetItem per type); a compartment search "
+        "looks up only its type's compartment parameters. DynamoDB calls are counted per page.",
+        "",
+        *table(["Read", "Request", "Pages", "Entries", "DynamoDB calls per page", "Mean calls per page",
+                "Handler ms (median)", "Handler ms (max)"], rows, "llrrllrr"),
+        "",
+    ]
 
 
 def render_header(report: Report) -> list[str]:

@@ -171,6 +171,21 @@ class CryptoRow:
         return 1e6 / self.per_second
 
 
+@dataclass(frozen=True)
+class CompartmentRow:
+    """One paged compartment read (bench.compartment): per page of its first run."""
+
+    name: str
+    source: str
+    url: str
+    pages: int
+    entries: int
+    calls_per_page: tuple[int, ...]  # DynamoDB calls, page by page
+    operations: dict[str, float]  # mean calls per page, by operation
+    handler_median_ms: float
+    handler_max_ms: float
+
+
 @dataclass
 class Report:
     machine: Machine
@@ -189,6 +204,7 @@ class Report:
     crypto: list[CryptoRow] = field(default_factory=list)
     transactions: list[TransactionRow] = field(default_factory=list)
     reads: list[ReadRow] = field(default_factory=list)
+    compartment: list[CompartmentRow] = field(default_factory=list)
     codec_overhead_us: float = 0.0
     codec_detail: str = ""
     elapsed_s: float = 0.0

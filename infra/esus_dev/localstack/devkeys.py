@@ -44,8 +44,9 @@ def public_key_pem(directory: Path | None = None) -> str:
 
 def mint_token(
     tenant: str, scope: str, fhir_user: str | None = None, subject: str = "dev-user", lifetime_seconds: int = 3600,
-    directory: Path | None = None, omit: tuple[str, ...] = (), **extra: object,
+    directory: Path | None = None, omit: tuple[str, ...] = (), patient: str | None = None, **extra: object,
 ) -> str:
+    """`patient`: the SMART launch context (a Patient id), the `patient` claim patient/ scopes act within."""
     now = int(time.time())
     claims: dict[str, object] = {
         "iss": LOCAL_ISSUER, "aud": LOCAL_AUDIENCE, "sub": subject, "iat": now, "nbf": now,
@@ -53,6 +54,8 @@ def mint_token(
     }
     if fhir_user:
         claims["fhirUser"] = fhir_user
+    if patient:
+        claims["patient"] = patient
     claims.update(extra)
     claims = {k: v for k, v in claims.items() if k not in omit}  # tests drop claims to prove they are required
     return jwt.encode(claims, signing_key(directory), algorithm="ES256", headers={"kid": "esus-dev"})

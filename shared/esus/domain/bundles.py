@@ -13,12 +13,18 @@ from urllib.parse import parse_qs
 
 from esus.domain.conditional import ConditionalService
 from esus.domain.fhir import RESOURCE_TYPES, now_instant, require_id
-from esus.domain.resources import LOCK_ATTEMPTS, ResourceService, same_content
+from esus.domain.resources import (
+    LOCK_ATTEMPTS,
+    ResourceService,
+    check_entry_content,
+    check_entry_target,
+    same_content,
+)
 from esus.domain.search_index import in_parallel, index_writes
 from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PayloadTooLarge, PreconditionFailed
 from esus.limits import MAX_TRANSACTION_ENTRIES
 from esus.model import ResourceWrite, Version
-from esus.security.auth import CREATE, Principal
+from esus.security.auth import CREATE, SEARCH, Principal
 from esus.storage.store import (
     BATCH_GET_LIMIT,
     TRANSACTION_ITEM_LIMIT,
@@ -225,6 +231,7 @@ class BundleService:
         if entry.resource_id is None:  # a conditional delete that matched nothing
             return EntryResult(204), None
         resource_id = entry.resource_id
+        check_entry_target(principal, method, resource_type, resource_id, current)
         if if_match is not None and (current is None or current.version != if_match):
             found = f"is at version {current.version}" if current else "does not exist"
             raise PreconditionFailed(f"{where}: If-Match {if_match} failed: {resource_type}/{resource_id} {found}")
@@ -234,7 +241,8 @@ class BundleService:
         guard = None
         if method == "POST" and request.get("ifNoneExist"):
             matches = self._conditional.matches_for_transaction(principal.tenant, resource_type,
-                                                                str(request["ifNoneExist"]))
+                                                                str(request["ifNoneExist"]),
+                                                                principal.confined_to(resource_type, SEARCH))
             # The same condition twice would make both entries create (or write the guard twice): the
             # second create would break the condition the first one set, so the transaction is refused.
             first = conditions.setdefault(matches.guard[0], entry.index)
@@ -260,6 +268,8 @@ class BundleService:
             number = current.version + 1 if current else 1
             status = 200 if current and not current.deleted else 201
             version = self._resources.new_version(resource_type, resource_id, number, entry.resource, method, status)
+        if method != "DELETE":
+            check_entry_content(principal, method, version)
         write, sort_key = self._resources.prepare(
             principal, version, current.version if current else None, current.deleted if current else None,
             current.index_refs if current else (), x_provenance)

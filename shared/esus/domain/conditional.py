@@ -10,7 +10,7 @@ from esus.domain.resources import LOCK_ATTEMPTS, ResourceService, WriteOutcome
 from esus.domain.search import SearchService
 from esus.errors import Conflict, InvalidRequest, PreconditionFailed
 from esus.model import Version
-from esus.security.auth import CREATE, Principal
+from esus.security.auth import CREATE, SEARCH, Principal
 from esus.security.crypto import BlindIndex
 from esus.storage.store import Locked, Store, VersionConflict, index_partition
 
@@ -33,15 +33,17 @@ class ConditionalService:
         self._blind = blind
 
     def _matches(
-        self, tenant: str, resource_type: str, params: dict[str, list[str]], owner: str | None = None
+        self, tenant: str, resource_type: str, params: dict[str, list[str]], owner: str | None = None,
+        within: str | None = None,
     ) -> list[str]:
+        """`within`: a patient-confined caller's search sees only that patient's compartment."""
         if not [k for k in params if not k.startswith("_") or k == "_id"]:
             raise InvalidRequest("A conditional interaction needs search criteria")
-        ids = self._search.matching_ids(tenant, resource_type, params)
+        ids = self._search.matching_ids(tenant, resource_type, params, within)
         # The guard's owner may have committed while its search index items were still being written
         # (they go beside its transaction when they do not fit in it): check it directly.
         if owner is not None and owner not in ids and self._search.current_matches(tenant, resource_type, params,
-                                                                                     owner):
+                                                                                     owner, within):
             ids = sorted({*ids, owner})
         if len(ids) > 1:
             raise PreconditionFailed(f"The search matches {len(ids)} {resource_type} resources; it must match one")
@@ -79,8 +81,9 @@ class ConditionalService:
         """If-None-Exist: 0 matches -> create (201), 1 -> the existing resource (200), >1 -> 412.
         A guard item keyed by the normalised search is written in the create's transaction, so two
         concurrent conditional creates make exactly one resource."""
+        within = principal.confined_to(resource_type, SEARCH)
         for _ in range(5):
-            found = self.matches_for_transaction(principal.tenant, resource_type, if_none_exist)
+            found = self.matches_for_transaction(principal.tenant, resource_type, if_none_exist, within)
             if found.existing is not None:
                 return found.existing, False
             try:
@@ -89,16 +92,19 @@ class ConditionalService:
                 continue  # a concurrent conditional create won: its resource now matches
         raise Conflict("Concurrent conditional creates did not settle; retry", headers={"Retry-After": "1"})
 
-    def matches_for_transaction(self, tenant: str, resource_type: str, if_none_exist: str) -> CreateCondition:
+    def matches_for_transaction(
+        self, tenant: str, resource_type: str, if_none_exist: str, within: str | None = None,
+    ) -> CreateCondition:
+        """`within`: the caller's search is confined to that patient's compartment, and so is its guard."""
         params = parse_qs(if_none_exist.lstrip("?"), keep_blank_values=True)
-        canonical = self._search.canonical_query(resource_type, params)
+        canonical = self._search.canonical_query(resource_type, params, within)
         token = self._blind.token(tenant, GUARD_PARAM, canonical)
         partition = index_partition(tenant, resource_type, GUARD_PARAM, token)
         # Guard first, then search: a committed owner's index items are visible to the search, so an
         # owner that no longer matches (deleted or changed) is the only one that may be taken over.
         owner = self._guard_owner(partition)
-        ids = self._matches(tenant, resource_type, params, owner)
-        existing = self._resources.read(resource_type, ids[0], tenant) if ids else None
+        ids = self._matches(tenant, resource_type, params, owner, within)
+        existing = self._resources.read(resource_type, ids[0], tenant, within=within) if ids else None
         return CreateCondition(existing, (partition, owner))
 
     def _guard_owner(self, partition: str) -> str | None:
@@ -118,7 +124,8 @@ class ConditionalService:
         if_match: int | None, x_provenance: dict[str, Any] | None,
     ) -> WriteOutcome:
         """0 matches -> create (the body's id if it has one), 1 -> update it, >1 -> 412."""
-        ids = self._matches(principal.tenant, resource_type, params)
+        ids = self._matches(principal.tenant, resource_type, params, within=principal.confined_to(resource_type,
+                                                                                                   SEARCH))
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object holding a FHIR resource")
         if ids:
@@ -138,7 +145,8 @@ class ConditionalService:
         self, principal: Principal, resource_type: str, params: dict[str, list[str]],
         x_provenance: dict[str, Any] | None,
     ) -> Version | None:
-        ids = self._matches(principal.tenant, resource_type, params)
+        ids = self._matches(principal.tenant, resource_type, params, within=principal.confined_to(resource_type,
+                                                                                                   SEARCH))
         if not ids:
             return None
         return self._resources.delete(principal, resource_type, ids[0], None, x_provenance)

@@ -16,11 +16,13 @@ if TYPE_CHECKING:  # jsonpatch loads with the first PATCH, not with every functi
     import jsonpatch
 
 from esus.domain import provenance as prov
+from esus.domain.compartment import in_compartment
 from esus.domain.fhir import PROVENANCE, RESOURCE_TYPES, now_instant, require_id, validate_resource
 from esus.domain.params import instant_param, last_value, page_size
 from esus.domain.search_index import SearchKeys, in_parallel, index_writes
 from esus.errors import (
     Conflict,
+    Forbidden,
     Gone,
     InvalidRequest,
     Issue,
@@ -38,7 +40,7 @@ from esus.limits import (
     require_representable,
 )
 from esus.model import IndexEntry, ResourceWrite, Version
-from esus.security.auth import CREATE, Principal
+from esus.security.auth import CREATE, DELETE, READ, UPDATE, Principal
 from esus.security.crypto import BlindIndex, CursorSigner
 from esus.settings import Settings
 from esus.storage.store import (
@@ -84,20 +86,24 @@ class ResourceService:
         self._clock = clock
 
     # ---------- reads ----------
-    def read(self, resource_type: str, resource_id: str, tenant: str) -> Version:
+    # `within`: None, or the Patient id whose compartment the caller is confined to (Principal.confinement).
+    # Outside it, a resource answers exactly like an unknown one (404), judged on its CURRENT version.
+    def read(self, resource_type: str, resource_id: str, tenant: str, *, within: str | None) -> Version:
         _check_generic(resource_type)
         require_id(resource_id)
         current = self._store.current(tenant, resource_type, resource_id)
-        if current is None:
+        if current is None or not _reachable(within, current):
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         if current.deleted:
             raise Gone(f"{resource_type}/{resource_id} was deleted", headers={"ETag": current.etag})
         return current
 
-    def vread(self, resource_type: str, resource_id: str, vid: str, tenant: str) -> Version:
+    def vread(self, resource_type: str, resource_id: str, vid: str, tenant: str, *, within: str | None) -> Version:
         _check_generic(resource_type)
         require_id(resource_id)
         found = self._store.version(tenant, resource_type, resource_id, int(vid)) if _is_version(vid) else None
+        if found is not None and within is not None:
+            found = found if _reachable(within, self._store.current(tenant, resource_type, resource_id)) else None
         if found is None:
             raise NotFound(f"{resource_type}/{resource_id} has no version '{vid[:20]}'")
         if found.deleted:
@@ -105,11 +111,13 @@ class ResourceService:
         return found
 
     def history(
-        self, resource_type: str, resource_id: str, tenant: str, params: dict[str, list[str]]
+        self, resource_type: str, resource_id: str, tenant: str, params: dict[str, list[str]], *, within: str | None,
     ) -> HistoryPage:
         """Newest first; `_count`, `_since` and a signed `_cursor` (the last version already served)."""
         _check_generic(resource_type)
         require_id(resource_id)
+        if within is not None and not _reachable(within, self._store.current(tenant, resource_type, resource_id)):
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
         count = page_size(self._s, last_value(params.get("_count")))
         since = instant_param("_since", last_value(params.get("_since")))
         binding = f"history|{resource_type}/{resource_id}|{since}"
@@ -124,11 +132,16 @@ class ResourceService:
         next_cursor = self._cursors.sign(tenant, binding, page[-1].version) if more and page else None
         return HistoryPage(page, next_cursor)
 
-    def changes(self, tenant: str, resource_type: str | None, params: dict[str, list[str]]) -> HistoryPage:
+    def changes(
+        self, tenant: str, resource_type: str | None, params: dict[str, list[str]], *, within: str | None,
+    ) -> HistoryPage:
         """Type-level (`/Patient/_history`) or system-level (`/_history`) history from the change log:
         newest first, `_since`, `_at` (versions up to that instant) and `_count`, signed cursor."""
         if resource_type is not None and resource_type not in RESOURCE_TYPES:
             _check_generic(resource_type)
+        if within is not None:  # the log spans every patient; filtering it would read every version it lists
+            raise Forbidden("Type-level history is not available to a patient-scoped token: use instance history "
+                            "or Patient/[id]/$everything with _since")
         count = page_size(self._s, last_value(params.get("_count")))
         since = instant_param("_since", last_value(params.get("_since")))
         at = instant_param("_at", last_value(params.get("_at")))
@@ -157,6 +170,7 @@ class ResourceService:
         _check_generic(resource_type)
         resource_id = str(uuid.uuid4())
         version = self.new_version(resource_type, resource_id, 1, body, "POST", 201)
+        _lands_inside(principal.confined_to(resource_type, CREATE), version)
         self._commit(principal, version, None, None, (), x_provenance, guard)
         return version
 
@@ -173,13 +187,18 @@ class ResourceService:
             raise InvalidRequest(message, [Issue("invalid", message, f"{resource_type}.id")])
         if if_match is None and self._s.require_if_match:
             raise InvalidRequest("This server requires If-Match on updates (versioned-update)")
-        if if_match is not None:  # index items are keyed by version: nothing to read first, on any type
+        within = principal.confined_to(resource_type, UPDATE)
+        if if_match is not None and within is None:  # index items are keyed by version: nothing to read first
             return self._update_blind(principal, resource_type, resource_id, body, if_match, x_provenance)
 
         def attempt() -> WriteOutcome:
             current = self._store.current(principal.tenant, resource_type, resource_id)
+            if within is not None and (current is None or not _reachable(within, current)):
+                # Confined callers update only what is in the compartment now: no update-as-create or revival
+                # under an id of their choosing (that would tell them whether someone else's id exists).
+                raise NotFound(f"{resource_type}/{resource_id} is not known")
             _check_if_match(if_match, current, resource_type, resource_id)
-            return self._write_over(principal, resource_type, resource_id, body, current, x_provenance)
+            return self._write_over(principal, resource_type, resource_id, body, current, x_provenance, within)
 
         return self._optimistic(resource_type, resource_id, if_match, attempt)
 
@@ -190,7 +209,7 @@ class ResourceService:
         """Create under a client-chosen id that must be new (a conditional update that matched nothing)."""
         _check_generic(resource_type)
         require_id(resource_id)
-        principal.require(resource_type, CREATE)
+        _no_chosen_id(principal, resource_type)
         version = self.new_version(resource_type, resource_id, 1, body, "PUT", 201)
         try:
             self._commit(principal, version, None, None, (), x_provenance)
@@ -209,9 +228,10 @@ class ResourceService:
         _check_generic(resource_type)
         require_id(resource_id)
         patch = _json_patch(operations)
+        within = principal.confined_to(resource_type, READ + UPDATE)
 
         def attempt() -> WriteOutcome:
-            current = self.read(resource_type, resource_id, principal.tenant)
+            current = self.read(resource_type, resource_id, principal.tenant, within=within)
             _check_if_match(if_match, current, resource_type, resource_id)
             assert current.resource is not None
             import jsonpatch
@@ -223,7 +243,7 @@ class ResourceService:
                 raise Unprocessable(f"JSON Patch test failed: {str(exc)[:200]}") from None
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
                 raise Unprocessable(f"JSON Patch cannot be applied: {str(exc)[:200]}") from None
-            return self._write_over(principal, resource_type, resource_id, patched, current, x_provenance)
+            return self._write_over(principal, resource_type, resource_id, patched, current, x_provenance, within)
 
         return self._optimistic(resource_type, resource_id, if_match, attempt)
 
@@ -250,8 +270,8 @@ class ResourceService:
             return WriteOutcome(version, created=False)
         except VersionConflict as conflict:
             if conflict.current_version == if_match and conflict.current_deleted:
-                principal.require(resource_type, CREATE)  # a revival creates the resource anew
-                revived = replace(version, status=201)
+                revived = replace(version, status=201)  # a revival creates the resource anew: it needs `c`
+                _lands_inside(principal.confined_to(resource_type, CREATE), revived)
                 try:
                     self._commit(principal, revived, if_match, True, (), x_provenance)
                 except VersionConflict as again:
@@ -261,10 +281,10 @@ class ResourceService:
 
     def _write_over(
         self, principal: Principal, resource_type: str, resource_id: str, body: Any, current: Version | None,
-        x_provenance: dict[str, Any] | None,
+        x_provenance: dict[str, Any] | None, within: str | None = None,
     ) -> WriteOutcome:
         if current is None:  # update-as-create (the client chose the id)
-            principal.require(resource_type, CREATE)
+            _no_chosen_id(principal, resource_type)
             version = self.new_version(resource_type, resource_id, 1, body, "PUT", 201)
             self._commit(principal, version, None, None, (), x_provenance)
             return WriteOutcome(version, created=True)
@@ -274,6 +294,9 @@ class ResourceService:
             principal.require(resource_type, CREATE)
         status = 201 if current.deleted else 200
         version = self.new_version(resource_type, resource_id, current.version + 1, body, "PUT", status)
+        _lands_inside(within, version)
+        if current.deleted:
+            _lands_inside(principal.confined_to(resource_type, CREATE), version)
         self._commit(principal, version, current.version, current.deleted, current.index_refs, x_provenance)
         return WriteOutcome(version, created=current.deleted)
 
@@ -286,9 +309,12 @@ class ResourceService:
         require_id(resource_id)
         if if_match is None and self._s.require_if_match:
             raise InvalidRequest("This server requires If-Match on deletes (versioned-update)")
+        within = principal.confined_to(resource_type, DELETE)
 
         def attempt() -> Version | None:
             current = self._store.current(principal.tenant, resource_type, resource_id)
+            if within is not None and (current is None or not _reachable(within, current)):
+                raise NotFound(f"{resource_type}/{resource_id} is not known")
             _check_if_match(if_match, current, resource_type, resource_id)
             if current is None or current.deleted:
                 return None
@@ -398,6 +424,52 @@ class ResourceService:
         # the write returns only after both, so a search started after it returned finds it. If the
         # transaction fails, the items are orphans that no search ever returns (docs/SEARCH.md).
         in_parallel([transact, *index_writes(self._store, write.deferred_index)])
+
+
+ENTRY_LETTERS = {"POST": CREATE, "PUT": UPDATE, "DELETE": DELETE}
+
+
+def check_entry_target(
+    principal: Principal, method: str, resource_type: str, resource_id: str, current: Version | None,
+) -> None:
+    """A transaction entry, before anything about its target is used: as for the same stand-alone write, a
+    patient-confined caller may change only what is in its compartment now (else 404, like an unknown id)."""
+    within = principal.confined_to(resource_type, ENTRY_LETTERS[method])
+    if within is not None and method != "POST" and not _reachable(within, current):
+        raise NotFound(f"{resource_type}/{resource_id} is not known")
+
+
+def check_entry_content(principal: Principal, method: str, version: Version) -> None:
+    """A transaction entry's new content must land in a confined caller's compartment (else 403); a PUT that
+    creates is also a create (`c`)."""
+    _lands_inside(principal.confined_to(version.resource_type, ENTRY_LETTERS[method]), version)
+    if method == "PUT" and version.status == 201:
+        if version.version == 1:
+            _no_chosen_id(principal, version.resource_type)
+        _lands_inside(principal.confined_to(version.resource_type, CREATE), version)
+
+
+def _no_chosen_id(principal: Principal, resource_type: str) -> None:
+    """Creating under a client-chosen id (update-as-create, a conditional update's id) needs `c` anywhere:
+    whether someone else's resource has that id is not a patient-scoped token's to learn."""
+    if principal.confined_to(resource_type, CREATE) is not None:
+        raise Forbidden("A patient-scoped token cannot create a resource under an id of its choosing")
+
+
+def _reachable(within: str | None, current: Version | None) -> bool:
+    """Is this current version visible to a caller confined to `within`'s compartment? (Deleted: no.)"""
+    if within is None:
+        return True
+    return current is not None and not current.deleted and current.resource is not None and \
+        in_compartment(within, current.resource_type, current.resource)
+
+
+def _lands_inside(within: str | None, version: Version) -> None:
+    """A confined caller's write must leave the resource in its compartment (decided by the request alone)."""
+    if within is not None and version.resource is not None and \
+            not in_compartment(within, version.resource_type, version.resource):
+        raise Forbidden(f"This {version.resource_type} would not be in the compartment of Patient/{within}, the "
+                        "only patient this token may write for")
 
 
 def _check_generic(resource_type: str) -> None:

@@ -18,6 +18,16 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from typing import Any
 
+from fhir.resources.R4B import get_fhir_model_class
+
+from esus.domain.compartment import (
+    PATIENT,
+    compartment_params,
+    compartment_types,
+    in_compartment,
+    patients_named,
+    refuse_other_patients,
+)
 from esus.domain.fhir import PROVENANCE, RESOURCE_TYPES
 from esus.domain.params import last_value, page_size
 from esus.domain.provenance import recorded_key
@@ -40,9 +50,9 @@ from esus.domain.search_semantics import (
     parse_search,
     sort_key,
 )
-from esus.errors import InvalidRequest
+from esus.errors import InvalidRequest, NotFound
 from esus.model import Version
-from esus.security.auth import Principal
+from esus.security.auth import SEARCH, Principal
 from esus.security.crypto import BlindIndex, CursorSigner
 from esus.settings import Settings
 from esus.storage.store import BATCH_GET_LIMIT, Store, change_log_partition
@@ -86,29 +96,43 @@ class SearchService:
         self._keys = keys
 
     def search(
-        self, principal: Principal, resource_type: str, params: dict[str, list[str]], lenient: bool
+        self, principal: Principal, resource_type: str, params: dict[str, list[str]], lenient: bool,
+        compartment: str | None = None,
     ) -> SearchPage:
+        """`compartment`: a Patient id (GET /Patient/{id}/{type}): only resources in its compartment. A caller
+        whose token allows this search only inside its patient's compartment is confined to it the same way
+        (as if patient=<id> were given), and a search naming another patient answers 404."""
+        within = principal.confined_to(resource_type, SEARCH)
+        if within is not None and compartment not in (None, within):
+            raise NotFound(f"{PATIENT}/{compartment} is not known")
+        patient = compartment or within
+        if patient is not None and resource_type not in compartment_types():
+            raise InvalidRequest(f"{resource_type} is never in a Patient compartment")
         if resource_type == PROVENANCE:
-            return self._provenance_search(principal, params, lenient)
+            return self._provenance_search(principal, params, lenient, patient, within)
         if resource_type not in RESOURCE_TYPES:
             raise InvalidRequest(f"Search is not supported for {resource_type}")
         tenant = principal.tenant
         parsed = parse_search(resource_type, params, lenient)
+        if within is not None:
+            refuse_other_patients(patients_named(parsed.criteria), within)
         options = _result_options(self._s, resource_type, parsed.applied)
-        binding = json.dumps([resource_type, _canonical(parsed.criteria), options.sort])
+        scope = [resource_type, _canonical(parsed.criteria), options.sort]
+        binding = json.dumps([*scope, patient] if patient is not None else scope)
         cursor = last_value(params.get("_cursor"))
         offset = self._cursors.verify(tenant, binding, cursor) if cursor else 0
         if not isinstance(offset, int) or offset < 0:
             raise InvalidRequest("The paging cursor is invalid")
         count = 0 if options.summary == "count" else options.count
-        listing = all(c.param.code == "_lastUpdated" for c in parsed.criteria) and \
+        listing = patient is None and all(c.param.code == "_lastUpdated" for c in parsed.criteria) and \
             all(code == "_lastUpdated" for code, _ in options.sort)
         # A page never shows part of a large transaction (docs/TRANSACTIONS.md, readers).
         if listing:
             resources, total, decrypted = self._store.consistent(lambda: self._listing_page(
                 tenant, resource_type, parsed.criteria, options, offset, count))
         else:
-            found, decrypted = self._store.consistent(lambda: self._matches(tenant, resource_type, parsed.criteria))
+            found, decrypted = self._store.consistent(
+                lambda: self._matches(tenant, resource_type, parsed.criteria, patient))
             ordered = _sorted(resource_type, found, options.sort)
             total = len(ordered)
             resources = ordered[offset : offset + count]
@@ -126,35 +150,70 @@ class SearchService:
             parsed.applied, options.summary == "count", decrypted,
         )
 
-    def matching_ids(self, tenant: str, resource_type: str, params: dict[str, list[str]]) -> list[str]:
-        """Exact matches of a conditional interaction's search (strict: unknown parameters are a 400)."""
+    def matching_ids(
+        self, tenant: str, resource_type: str, params: dict[str, list[str]], within: str | None = None,
+    ) -> list[str]:
+        """Exact matches of a conditional interaction's search (strict: unknown parameters are a 400), only in
+        Patient `within`'s compartment when the caller is confined to it."""
+        return sorted(r["id"] for r in self.matching_resources(tenant, resource_type, params, within))
+
+    def matching_resources(
+        self, tenant: str, resource_type: str, params: dict[str, list[str]], within: str | None = None,
+    ) -> list[dict[str, Any]]:
         if resource_type not in RESOURCE_TYPES:
             raise InvalidRequest(f"Conditional interactions on {resource_type} are not supported")
         criteria = parse_search(resource_type, params, lenient=False).criteria
-        found = self._store.consistent(lambda: self._matches(tenant, resource_type, criteria))[0]
-        return sorted(r["id"] for r in found)
+        if within is not None:
+            refuse_other_patients(patients_named(criteria), within)
+        return self._store.consistent(lambda: self._matches(tenant, resource_type, criteria, within))[0]
 
-    def current_matches(self, tenant: str, resource_type: str, params: dict[str, list[str]], resource_id: str) -> bool:
-        """Does this resource's current version match the search? (One read, no index.)"""
+    def current_matches(
+        self, tenant: str, resource_type: str, params: dict[str, list[str]], resource_id: str,
+        within: str | None = None,
+    ) -> bool:
+        """Does this resource's current version match the search (and lie in `within`'s compartment)?"""
         criteria = parse_search(resource_type, params, lenient=False).criteria
         current = self._store.current(tenant, resource_type, resource_id)
-        return bool(current and current.resource is not None and matches(current.resource, criteria))
+        return bool(current and current.resource is not None and matches(current.resource, criteria)
+                    and (within is None or in_compartment(within, resource_type, current.resource)))
 
     def resource_matches(self, resource_type: str, params: dict[str, list[str]], resource: dict[str, Any]) -> bool:
         """Does this content (e.g. a transaction entry's new resource) match the search? No read."""
         criteria = parse_search(resource_type, params, lenient=False).criteria
         return resource.get("resourceType") == resource_type and matches(resource, criteria)
 
-    def canonical_query(self, resource_type: str, params: dict[str, list[str]]) -> str:
-        """The search in normalised form: equal searches written differently give the same string."""
-        return _canonical(parse_search(resource_type, params, lenient=False).criteria)
+    def canonical_query(self, resource_type: str, params: dict[str, list[str]], within: str | None = None) -> str:
+        """The search in normalised form: equal searches written differently give the same string. A search
+        confined to a patient's compartment is another search."""
+        canonical = _canonical(parse_search(resource_type, params, lenient=False).criteria)
+        return canonical if within is None else f"{canonical}|{PATIENT}/{within}"
+
+    def compartment_ids(self, tenant: str, patient_id: str, types: list[str]) -> dict[str, set[str]]:
+        """Per type, the ids whose index items reference Patient/{patient_id} through a compartment parameter
+        (a superset to re-check: items of older versions remain): one keys-only Query per parameter and live
+        key version, all side by side. Provenance is not among `types` (it has its own index)."""
+        lookups = [(resource_type, partition) for resource_type in types
+                   for partition in self._compartment_partitions(tenant, resource_type, patient_id)]
+        calls: list[Callable[[], list[str]]] = [partial(self._store.index_sort_keys, p) for _, p in lookups]
+        found: dict[str, set[str]] = {t: ({patient_id} if t == PATIENT else set()) for t in types}
+        for (resource_type, _), sort_keys in zip(lookups, in_parallel(calls), strict=True):
+            found[resource_type].update(parse_sort_key(k)[0] for k in sort_keys)
+        return found
+
+    def _compartment_partitions(self, tenant: str, resource_type: str, patient_id: str) -> list[str]:
+        offered = params_for(resource_type)
+        term = f"r:{PATIENT}/{patient_id}"  # the reference term search_semantics.index_terms writes
+        return [self._keys.partition(tenant, offered[code], key) for code in compartment_params(resource_type)
+                for key in self._keys.lookup_keys(tenant, offered[code], term)]
 
     # ---------- candidates and the re-check ----------
     def _matches(
-        self, tenant: str, resource_type: str, criteria: list[Criterion]
+        self, tenant: str, resource_type: str, criteria: list[Criterion], patient: str | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """(every match, current version re-checked, and how many candidates were decrypted)."""
-        ids = self._candidates(tenant, resource_type, criteria)
+        """(every match, current version re-checked, and how many candidates were decrypted). `patient`: only
+        resources in that Patient's compartment (any compartment parameter referencing it, OR-ed)."""
+        within_ids = self.compartment_ids(tenant, patient, [resource_type])[resource_type] if patient else None
+        ids = self._candidates(tenant, resource_type, criteria, within_ids)
         if len(ids) > self._s.search_candidates_max:
             raise InvalidRequest(
                 f"This search has {len(ids)} candidates (the limit is {self._s.search_candidates_max}): "
@@ -162,11 +221,17 @@ class SearchService:
             )
         versions = self._currents(tenant, resource_type, ids)
         found = [v.resource for v in versions
-                 if not v.deleted and v.resource is not None and matches(v.resource, criteria)]
+                 if not v.deleted and v.resource is not None and matches(v.resource, criteria)
+                 and (patient is None or in_compartment(patient, resource_type, v.resource))]
         return found, len(versions)
 
-    def _candidates(self, tenant: str, resource_type: str, criteria: list[Criterion]) -> list[str]:
+    def _candidates(
+        self, tenant: str, resource_type: str, criteria: list[Criterion], within_ids: set[str] | None = None,
+    ) -> list[str]:
+        """Ids that may match (a superset); `within_ids`, when given, bounds them (a compartment)."""
         id_sets = [{str(v.token[1]) for v in c.values} for c in criteria if c.param.code == "_id" and not c.modifier]
+        if within_ids is not None:
+            id_sets.append(within_ids)
         if id_sets:
             return sorted(set.intersection(*id_sets))
         planned = sorted(
@@ -231,8 +296,15 @@ class SearchService:
         return [r for r in resources if r is not None and matches(r, criteria)], len(live), len(by_id)
 
     # ---------- Provenance ----------
-    def _provenance_search(self, principal: Principal, params: dict[str, list[str]], lenient: bool) -> SearchPage:
+    def _provenance_search(
+        self, principal: Principal, params: dict[str, list[str]], lenient: bool, patient: str | None = None,
+        within: str | None = None,
+    ) -> SearchPage:
         criteria, ignored = parse_query(PROVENANCE, params, lenient)
+        if within is not None:
+            refuse_other_patients(_provenance_patients(criteria), within)
+        if patient is not None:  # the compartment: Provenance whose targets include Patient/{patient}
+            criteria.append(ProvenanceCriterion("patient", (f"{PATIENT}/{patient}",)))
         count = page_size(self._s, last_value(params.get("_count")))
         binding = json.dumps([PROVENANCE, sorted((c.param, c.values) for c in criteria)])
         cursor = last_value(params.get("_cursor"))
@@ -257,6 +329,21 @@ class SearchService:
         last_cursor = sign(keys[last_start - 1]) if last_start > 0 else None
         shown = {k: v for k, v in params.items() if k not in ignored and k != "_cursor"}
         return SearchPage(resources, len(keys), next_cursor, last_cursor, ignored, applied=shown)
+
+    def provenance_ids_referencing(self, tenant: str, param: str, references: list[str]) -> list[str]:
+        """Ids of every Provenance whose `param` (target, agent, patient, entity) names one of `references`
+        (Type/id: a versioned target Type/id/_history/n is found through its resource), keys only."""
+        if not references:
+            return []
+        keys = self._provenance_keys(tenant, [ProvenanceCriterion(param, tuple(references))])
+        if len(keys) > self._s.search_candidates_max:
+            raise InvalidRequest(f"More than {self._s.search_candidates_max} Provenance records are involved: "
+                                 "narrow the search")
+        return sorted({_id_of(k) for k in keys})
+
+    def provenance_referencing(self, tenant: str, param: str, references: list[str]) -> list[dict[str, Any]]:
+        """The Provenance records provenance_ids_referencing() names."""
+        return self._store.provenances(tenant, self.provenance_ids_referencing(tenant, param, references))
 
     def _provenance_keys(self, tenant: str, criteria: list[ProvenanceCriterion]) -> list[str]:
         key_sets: list[set[str]] = []
@@ -286,6 +373,20 @@ class SearchService:
             ranges = [_recorded_range(v) for v in criterion.values]
             keys = {k for k in keys if any(_in_range(k.split("|", 1)[0], r) for r in ranges)}
         return sorted(keys)
+
+def _provenance_patients(criteria: list[ProvenanceCriterion]) -> set[str]:
+    """The Patient ids a Provenance search names (target=Patient/1, patient=1, agent=Patient/1 ...)."""
+    named = set()
+    for criterion in criteria:
+        if criterion.param not in PROVENANCE_REFERENCE_PARAMS:
+            continue
+        for value in criterion.values:
+            reference = _reference_value(criterion.param, value) if "/" in value or criterion.param == "patient" \
+                else value
+            if reference.startswith(f"{PATIENT}/"):
+                named.add(reference.split("/")[1])
+    return named
+
 
 def _id_of(sort_key: str) -> str:
     return sort_key.rsplit("|", 1)[-1]
@@ -411,7 +512,6 @@ def _last_updated_matches(criterion: Criterion, last_updated: str) -> bool:
 
 @lru_cache(maxsize=64)
 def _summary_elements(resource_type: str) -> frozenset[str]:
-    from fhir.resources.R4B import get_fhir_model_class  # the FHIR models load on first use (cold start)
 
     fields = get_fhir_model_class(resource_type).model_fields.values()
     return frozenset(f.alias for f in fields if f.alias and isinstance(f.json_schema_extra, dict)

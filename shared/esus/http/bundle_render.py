@@ -45,9 +45,11 @@ def _history_entry(base_url: str, version: Version) -> dict[str, Any]:
 def searchset_bundle(
     base_url: str, resource_type: str, self_params: dict[str, list[str]], resources: list[dict[str, Any]],
     total: int | None, next_cursor: str | None, last_cursor: str | None, previous_cursor: str | None = None,
+    included: list[dict[str, Any]] | None = None, path: str | None = None,
 ) -> dict[str, Any]:
-    """Links are GETs on the type endpoint with the parameters the search applied; the cursor travels in
-    the query string. `total` is left out when it was not computed (_total=none)."""
+    """Links are GETs on the type endpoint (or `path`, e.g. Patient/1/Observation) with the parameters the
+    search applied; the cursor travels in the query string. `total` is left out when it was not computed
+    (_total=none). `included` (_include, _revinclude) follow the matches with search.mode=include."""
     params = {k: v for k, v in self_params.items() if k != "_cursor"}
 
     def link(cursor: str | None) -> str:
@@ -55,7 +57,7 @@ def searchset_bundle(
         if cursor:
             query["_cursor"] = [cursor]
         encoded = urlencode(query, doseq=True)
-        return f"{base_url}/{resource_type}" + (f"?{encoded}" if encoded else "")
+        return f"{base_url}/{path or resource_type}" + (f"?{encoded}" if encoded else "")
 
     links = [
         {"relation": "self", "url": link(last_value(self_params.get("_cursor")))},
@@ -73,11 +75,30 @@ def searchset_bundle(
         "timestamp": now_instant(),
         **({"total": total} if total is not None else {}),
         "link": links,
-        "entry": [
-            {"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-            for r in resources
-        ],
+        "entry": search_entries(base_url, resources, "match") + search_entries(base_url, included or [], "include"),
     }
+
+
+def page_bundle(
+    base_url: str, self_url: str, next_url: str | None, resources: list[dict[str, Any]],
+    included: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A searchset page of an operation ($everything): absolute self and next links, no total."""
+    links = [{"relation": "self", "url": self_url}]
+    if next_url:
+        links.append({"relation": "next", "url": next_url})
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "timestamp": now_instant(),
+        "link": links,
+        "entry": search_entries(base_url, resources, "match") + search_entries(base_url, included, "include"),
+    }
+
+
+def search_entries(base_url: str, resources: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    return [{"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": mode}}
+            for r in resources]
 
 
 def response_bundle(kind: str, results: list[Any], with_resources: bool) -> dict[str, Any]:

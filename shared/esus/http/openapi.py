@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from esus.domain.compartment import compartment_types
 from esus.domain.fhir import ID_PATTERN, PROVENANCE, RESOURCE_TYPES, SUPPORTED_TYPES
 from esus.domain.search_legacy import PROVENANCE_PARAMS
 from esus.domain.search_params import params_for
@@ -82,6 +83,12 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                      _param("_total", "query", {"type": "string", "enum": ["none", "estimate", "accurate"]}),
                      _param("_summary", "query", {"type": "string", "enum": ["true", "false", "count", "data"]}),
                      _param("_elements", "query", {"type": "string"}, text="Comma-separated element names")]
+    include_params = [_param(name, "query", {"type": "string"}, text=text) for name, text in (
+        ("_include", "Type:param[:TargetType]: add what the matches reference"),
+        ("_revinclude", "Type:param[:TargetType]: add what references the matches (e.g. Provenance:target)"),
+        ("_include:iterate", "as _include, also on included resources"),
+        ("_revinclude:iterate", "as _revinclude, also on included resources"))]
+    compartment = _param("type", "path", {"type": "string", "enum": ["Patient"]}, True, "The compartment (Patient)")
     history_params = [_param("_count", "query", {"type": "integer", "minimum": 0}),
                       _param("_since", "query", {"type": "string", "format": "date-time"}),
                       _param("_cursor", "query", {"type": "string"})]
@@ -102,7 +109,8 @@ def openapi_document(base_url: str) -> dict[str, Any]:
             "/_history": {"get": _op("System history", [*history_params, _param("_at", "query", {"type": "string"})],
                                      _ok("200", "history Bundle", BUNDLE))},
             "/{type}": {
-                "get": _op("Search", [_ref("type"), *search_params], _ok("200", "searchset Bundle", BUNDLE)),
+                "get": _op("Search", [_ref("type"), *search_params, *include_params],
+                           _ok("200", "searchset Bundle", BUNDLE)),
                 "post": _op("Create (If-None-Exist: conditional create)",
                             [_ref("type"), *write_headers, _param("If-None-Exist", "header", {"type": "string"})],
                             {**_ok("201", "Created"), **_ok("200", "An existing match (conditional create)")},
@@ -134,6 +142,20 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                                                  _ok("200", "history Bundle", BUNDLE))},
             "/{type}/{id}/_history/{vid}": {"get": _op("Vread", [_ref("type"), _ref("id"), _ref("vid")],
                                                        _ok("200", "That version"))},
+            "/{type}/{id}/{member_type}": {"get": _op(
+                "Patient compartment search: GET /Patient/{id}/{member_type}?…",
+                [compartment, _ref("id"), _param("member_type", "path", {"type": "string", "enum": sorted(
+                    compartment_types())}, True, "The type searched within the patient's compartment"),
+                 *search_params, *include_params],
+                _ok("200", "searchset Bundle", BUNDLE))},
+            "/{type}/{id}/$everything": {"get": _op(
+                "Patient $everything: the patient, its compartment and the Practitioners, Organizations, Locations "
+                "and Medications they reference (paged)",
+                [compartment, _ref("id"), _param("_type", "query", {"type": "string"}, text="Comma-separated types"),
+                 *history_params], _ok("200", "searchset Bundle", BUNDLE))},
+            "/.well-known/smart-configuration": {"get": _op(
+                "SMART App Launch discovery", [], {"200": {"description": "SMART configuration", "content": {
+                    "application/json": {"schema": {"type": "object"}}}}}, public=True)},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",

@@ -18,8 +18,12 @@ from esus.settings import Settings, get_settings
 
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALLOWED_ALGORITHMS = ("RS256", "ES256")
-# SMART v1 (read/write/*) and v2 (cruds letters) scopes; patient/ context needs compartments: not offered.
+# SMART v1 (read/write/*) and v2 (cruds letters) scopes. user/ and system/ scopes grant in the whole tenant;
+# patient/ scopes grant only inside the compartment of the patient the token names (its `patient` claim).
 SCOPE_PATTERN = re.compile(r"^(user|system|patient)/([A-Za-z]+|\*)\.(read|write|\*|c?r?u?d?s?)$")
+PATIENT_CONTEXT = "patient"
+# The `patient` claim is a Patient id (FHIR id syntax).
+PATIENT_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 V1_MEANING = {"read": "rs", "write": "cud", "*": "cruds"}
 
 # SMART v2 letters.
@@ -59,6 +63,7 @@ class Principal:
     scopes: tuple[str, ...]
     fhir_user: str | None
     subject: str
+    patient: str | None = None  # the launch context's Patient id: where patient/ scopes grant
 
     @cached_property
     def _grants(self) -> list[tuple[str, str, str]]:
@@ -75,21 +80,51 @@ class Principal:
         return any(context == "system" for context, _, _ in self._grants)
 
     def granted(self, resource_type: str) -> frozenset[str]:
-        """The SMART v2 letters this token grants on `resource_type` (the union of its scopes). Only a
-        wildcard scope grants on ALL_TYPES."""
+        """The SMART v2 letters this token grants on `resource_type` anywhere in the tenant (the union of its
+        user/ and system/ scopes). Only a wildcard scope grants on ALL_TYPES."""
+        return self._letters(resource_type, lambda context: context != PATIENT_CONTEXT)
+
+    def granted_in_compartment(self, resource_type: str) -> frozenset[str]:
+        """The letters its patient/ scopes grant, only inside the compartment of the token's patient: none
+        without a `patient` claim, and none on a type that is never in a patient's compartment (nor on
+        ALL_TYPES: system-level interactions span every type)."""
+        if self.patient is None or resource_type == ALL_TYPES:
+            return frozenset()
+        from esus.domain.compartment import compartment_types  # the authorizer never needs the table
+
+        if resource_type not in compartment_types():
+            return frozenset()
+        return self._letters(resource_type, lambda context: context == PATIENT_CONTEXT)
+
+    def _letters(self, resource_type: str, context_counts: Callable[[str], bool]) -> frozenset[str]:
         letters: set[str] = set()
         for context, granted_type, access in self._grants:
-            if context != "patient" and granted_type in (ALL_TYPES, resource_type):
+            if context_counts(context) and granted_type in (ALL_TYPES, resource_type):
                 letters.update(access)
         return frozenset(letters)
 
     def require(self, resource_type: str, letters: str) -> None:
-        """Every letter of `letters` must be granted on the type, else 403."""
-        if not set(letters) <= self.granted(resource_type):
-            raise Forbidden(f"The token's scopes do not allow this interaction on {resource_type}")
+        """Every letter of `letters` must be granted on the type (anywhere, or in the patient's compartment),
+        else 403: decided by the token alone, before anything is read."""
+        self.confined_to(resource_type, letters)
 
     def require_interaction(self, resource_type: str, interaction: str) -> None:
         self.require(resource_type, INTERACTION_SCOPES[interaction])
+
+    def confined_to(self, resource_type: str, letters: str) -> str | None:
+        """Where the token allows `letters` on the type: None = anywhere in the tenant (its user/ and system/
+        scopes cover them all); a Patient id = only inside that patient's compartment (patient/ scopes are
+        needed for some letter). 403 when even the union of its scopes does not cover them."""
+        wanted, anywhere = set(letters), self.granted(resource_type)
+        if wanted <= anywhere:
+            return None
+        if wanted <= anywhere | self.granted_in_compartment(resource_type):
+            return self.patient
+        raise Forbidden(f"The token's scopes do not allow this interaction on {resource_type}")
+
+    def confinement(self, resource_type: str, interaction: str) -> str | None:
+        """confined_to() for an interaction of auth.INTERACTION_SCOPES."""
+        return self.confined_to(resource_type, INTERACTION_SCOPES[interaction])
 
     @property
     def agent_reference(self) -> dict[str, Any]:
@@ -116,11 +151,15 @@ class Principal:
             raise Unauthorized("The request carries no verified token expiry")
         if int(exp) + leeway < (time.time() if now is None else now):
             raise Unauthorized("The bearer token has expired")
+        patient = str(context.get("patient") or "") or None
+        if patient is not None and not PATIENT_ID.match(patient):
+            raise Unauthorized("The request carries an invalid patient context")
         return cls(
             tenant=tenant,
             scopes=tuple(str(context.get("scope") or "").split()),
             fhir_user=str(context.get("fhirUser") or "") or None,
             subject=str(context.get("principalId") or context.get("sub") or "unknown"),
+            patient=patient,
         )
 
 
@@ -270,6 +309,9 @@ class TokenVerifier:
             raise invalid
         if not TENANT_PATTERN.match(str(claims.get("tenant") or "")) or not isinstance(claims.get("scope"), str):
             raise invalid
+        patient = claims.get("patient")
+        if patient is not None and not (isinstance(patient, str) and PATIENT_ID.match(patient)):
+            raise invalid  # a launch context that names no valid Patient id confines to nothing: refuse it
         return claims
 
     def _candidate_keys(self, alg: str, kid: str | None) -> list[Any]:
@@ -290,6 +332,7 @@ def authorizer_context(claims: dict[str, Any]) -> dict[str, str]:
         "tenant": str(claims["tenant"]),
         "scope": str(claims.get("scope", "")),
         "fhirUser": str(claims.get("fhirUser") or ""),
+        "patient": str(claims.get("patient") or ""),  # SMART launch context: where patient/ scopes grant
         "sub": str(claims.get("sub") or ""),
         "exp": str(int(claims["exp"])),  # routes refuse the request once it passes (policy caching)
     }
