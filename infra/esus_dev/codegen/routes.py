@@ -234,6 +234,7 @@ FUNCTIONS: tuple[Function, ...] = (
                  Grant("QueryIndex", "dynamodb:Query", "IndexTable",
                        "The compartment's reference index keys (and the query's own), then the matches."),
                  Grant("ReadMatches", "dynamodb:BatchGetItem", "ResourcesTable ProvenanceTable"),
+                 READ_OBJECTS,
              )),
     Function("Everything", "everything", "GET /fhir/Patient/{id}/$everything",
              routes=(Api("GET", "/fhir/{type}/{id}/$everything"),), keys=DECRYPT, grants=(
@@ -243,6 +244,7 @@ FUNCTIONS: tuple[Function, ...] = (
                  Grant("ReadMembers", "dynamodb:BatchGetItem", "ResourcesTable ProvenanceTable",
                        "One page of members, and the Practitioners, Organizations, Locations and Medications they "
                        "reference."),
+                 READ_OBJECTS,
              )),
     Function("Search", "search", "GET /fhir/{type} and POST /fhir/{type}/_search",
              routes=(Api("GET", "/fhir/{type}"), Api("POST", "/fhir/{type}/_search", event="SearchPost")),

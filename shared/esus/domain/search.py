@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
-
 from esus.domain.compartment import (
     PATIENT,
     compartment_params,
@@ -512,6 +510,8 @@ def _last_updated_matches(criterion: Criterion, last_updated: str) -> bool:
 
 @lru_cache(maxsize=64)
 def _summary_elements(resource_type: str) -> frozenset[str]:
+
+    from fhir.resources.R4B import get_fhir_model_class  # the models load on first use (cold start)
 
     fields = get_fhir_model_class(resource_type).model_fields.values()
     return frozenset(f.alias for f in fields if f.alias and isinstance(f.json_schema_extra, dict)
