@@ -548,6 +548,14 @@ def _exercise_protocol(deployed: Deployed) -> None:
     status, body, _ = deployed.request("SearchFunction", "GET", "/fhir/Patient", "/fhir/{type}", {"type": "Patient"},
                                        query={"identifier": "urn:stuck|2"})
     assert status == 200 and body["total"] == 1 and body["entry"][0]["resource"]["gender"] == "other", body
+    for target in (pending, committed):  # the compartment routes meet the locked Patient too
+        status, body, _ = deployed.request("EverythingFunction", "GET", f"/fhir/Patient/{target}/$everything",
+                                           "/fhir/{type}/{id}/$everything", {"type": "Patient", "id": target})
+        assert status == 200 and body["entry"][0]["resource"]["id"] == target, body
+        status, body, _ = deployed.request(
+            "CompartmentSearchFunction", "GET", f"/fhir/Patient/{target}/Patient", "/fhir/{type}/{id}/{member_type}",
+            {"type": "Patient", "id": target, "member_type": "Patient"})
+        assert status == 200, body
 
     writers = (
         ("UpdateFunction", "PUT", "/fhir/Patient/{id}", "/fhir/{type}/{id}", None, 200),

@@ -128,6 +128,11 @@ SETTLE_TRANSACTIONS = (
 )
 
 
+READ_PENDING_CANDIDATES = Grant(
+    "ReadPendingVersions", "dynamodb:BatchGetItem", "HistoryTable",
+    "Candidates locked by a committed transaction: their versions are its pending history items.")
+
+
 FUNCTIONS: tuple[Function, ...] = (
     # API Gateway's TOKEN authorizer. It reports every rejected token as a function error (API Gateway's
     # "Unauthorized" contract), so its Errors count attacks, not faults: its alarm watches throttles only, and its
@@ -235,6 +240,8 @@ FUNCTIONS: tuple[Function, ...] = (
                        "The compartment's reference index keys (and the query's own), then the matches."),
                  Grant("ReadMatches", "dynamodb:BatchGetItem", "ResourcesTable ProvenanceTable"),
                  READ_OBJECTS,
+                 READ_TRANSACTION_RECORD,
+                 READ_PENDING_CANDIDATES,
              )),
     Function("Everything", "everything", "GET /fhir/Patient/{id}/$everything",
              routes=(Api("GET", "/fhir/{type}/{id}/$everything"),), keys=DECRYPT, grants=(
@@ -245,6 +252,9 @@ FUNCTIONS: tuple[Function, ...] = (
                        "One page of members, and the Practitioners, Organizations, Locations and Medications they "
                        "reference."),
                  READ_OBJECTS,
+                 READ_TRANSACTION_RECORD,
+                 READ_PENDING_VERSION,
+                 READ_PENDING_CANDIDATES,
              )),
     Function("Search", "search", "GET /fhir/{type} and POST /fhir/{type}/_search",
              routes=(Api("GET", "/fhir/{type}"), Api("POST", "/fhir/{type}/_search", event="SearchPost")),
@@ -253,7 +263,6 @@ FUNCTIONS: tuple[Function, ...] = (
                  Grant("ReadMatches", "dynamodb:BatchGetItem", "ResourcesTable ProvenanceTable"),
                  READ_OBJECTS,
                  READ_TRANSACTION_RECORD,
-                 Grant("ReadPendingVersions", "dynamodb:BatchGetItem", "HistoryTable",
-                       "Candidates locked by a committed transaction: their versions are its pending history items."),
+                 READ_PENDING_CANDIDATES,
              )),
 )
