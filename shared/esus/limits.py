@@ -47,7 +47,8 @@ def parse_json(text: str, what: str) -> Any:
 
 def event_body_size(body: str, base64_encoded: bool) -> int:
     """Bytes a request body takes in the Lambda event: base64 text as it is; other text as a JSON string (quotes,
-    backslashes and control characters escaped, non-ASCII as \\uXXXX: the most any of them can take)."""
+    backslashes and control characters escaped, non-ASCII as a six-character \\u escape: the most any of them
+    can take)."""
     return len(body) if base64_encoded else len(json.dumps(body))
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from esus.domain.fhir import PROVENANCE, SUPPORTED_TYPES
 from esus.domain.search_legacy import PROVENANCE_REFERENCE_PARAMS
 from esus.domain.search_params import params_for
+from esus_dev.codegen import write_or_check
 
 REPO = Path(__file__).resolve().parents[3]
 SOURCE = REPO.parent / "shared" / "fhir-spec" / "r4" / "compartmentdefinition-patient.json"
@@ -69,13 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     table = generate()
     text = render(table)
+    if not write_or_check(TARGET, text, "esus_dev.codegen.gen_compartment", args.check):
+        return 1
     if args.check:
-        current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
-        if current != text:
-            print(f"{TARGET} is not current: run python -m esus_dev.codegen.gen_compartment", file=sys.stderr)
-            return 1
         return 0
-    TARGET.write_text(text, encoding="utf-8")
     print(f"wrote {TARGET} ({len(table['resources'])} types)")
     for resource_type, codes in table["omitted"].items():
         print(f"  omitted {resource_type}: {', '.join(codes)} (not stored, or not searchable)")

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 from esus.domain.fhir import RESOURCE_TYPES
 from esus.security.phi import CLEAR_COMMON, CLEAR_ELEMENTS, META, META_CLEAR
+from esus_dev.codegen import write_or_check
 
 REPO = Path(__file__).resolve().parents[3]
 SOURCE = REPO.parent / "shared" / "fhir-spec" / "r4" / "search-parameters.json"
@@ -115,13 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed table is not current")
     args = parser.parse_args(argv)
     text = render(generate())
+    if not write_or_check(TARGET, text, "esus_dev.codegen.gen_search_params", args.check):
+        return 1
     if args.check:
-        current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
-        if current != text:
-            print(f"{TARGET} is not current: run python -m esus_dev.codegen.gen_search_params", file=sys.stderr)
-            return 1
         return 0
-    TARGET.write_text(text, encoding="utf-8")
     print(f"wrote {TARGET} ({sum(len(p) for p in json.loads(text).values())} parameters)")
     return 0
 
