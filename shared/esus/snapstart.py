@@ -5,8 +5,8 @@ With SnapStart, Lambda runs a function's init once per published version, snapsh
 every new environment of that version from the snapshot. So:
 
 - Before the snapshot, `prime` loads what a first request would otherwise load on the request path: the FHIR
-  models library and the Provenance model every write validates (and the models and search expressions of
-  PRIMED_TYPES), FHIRPath, cryptography, the generated tables and the AWS service models of the clients. It
+  models library and the Provenance model a client's X-Provenance is held to (and the models and search plans of
+  PRIMED_TYPES), cryptography, the generated tables and the AWS service models of the clients. It
   fetches no key, builds no client and opens no connection: the root key and the clients are made per
   environment, on first use, after the restore (no key material or credentials in the snapshot, which every
   restored environment shares).
@@ -59,7 +59,7 @@ def prime() -> None:
     for resource_type in (PROVENANCE, *PRIMED_TYPES):
         get_fhir_model_class(resource_type)
         for param in search_params.params_for(resource_type).values():
-            search_semantics.extract(param, {"resourceType": resource_type})  # compiles its FHIRPath
+            search_semantics.extract(param, {"resourceType": resource_type})  # parses its plan (or FHIRPath)
     validate_resource(PROVENANCE, {
         "resourceType": PROVENANCE, "id": "primed", "meta": {"versionId": "1"},
         "target": [{"reference": "Patient/primed/_history/1"}], "recorded": "2000-01-01T00:00:00Z",

@@ -4,8 +4,9 @@
 
 Per stored type, per parameter code: its type, its FHIRPath expression cut to the alternatives that
 start at that type, the reference target types, the target type a `.where(resolve() is T)` demanded
-(fhirpathpy cannot resolve, so the search filters on the reference's type instead) and whether every
-element the expression reads is a clear element (then index keys may hold the value itself).
+(fhirpathpy cannot resolve, so the search filters on the reference's type instead), whether every
+element the expression reads is a clear element (then index keys may hold the value itself) and, for the simple
+expressions, the plan that esus.domain.fhirpath_plans walks instead of fhirpathpy (esus_dev.codegen.fhirpath_plans).
 Composite, special and phonetic parameters, and parameters without an expression, are left out: they are not
 offered, so the CapabilityStatement never lists them.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from esus.domain.fhir import RESOURCE_TYPES
 from esus.security.phi import CLEAR_COMMON, CLEAR_ELEMENTS, META, META_CLEAR
 from esus_dev.codegen import write_or_check
+from esus_dev.codegen.fhirpath_plans import plan
 
 REPO = Path(__file__).resolve().parents[3]
 SOURCE = REPO.parent / "shared" / "fhir-spec" / "r4" / "search-parameters.json"
@@ -89,6 +91,9 @@ def _entry(resource_type: str, resource: dict[str, Any]) -> dict[str, Any] | Non
         entry["targets"] = sorted(resource["target"])
     if resolve_types:
         entry["resolve"] = resolve_types.pop()
+    compiled = plan(resource_type, alternatives)
+    if compiled is not None:  # compact JSON text: the table stays small, and a plan is parsed on its first use
+        entry["plan"] = json.dumps(compiled, separators=(",", ":"))
     return entry
 
 

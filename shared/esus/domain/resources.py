@@ -344,10 +344,11 @@ class ResourceService:
         candidate against the current version, and cleanup is lazy (docs/SEARCH.md)."""
         activity = prov.ACTIVITY_BY_METHOD["POST" if version.version == 1 else version.method]
         record = (
-            prov.client_provenance(x_provenance, version, self._s, principal) if x_provenance is not None
-            else prov.server_provenance(self._s, principal, version, activity)
+            prov.finalize(prov.client_provenance(x_provenance, version, self._s, principal), str(uuid.uuid4()),
+                          version.last_updated)
+            if x_provenance is not None
+            else prov.server_record(self._s, principal, version, activity, str(uuid.uuid4()))
         )
-        record = prov.finalize(record, str(uuid.uuid4()), version.last_updated)
         sort_key = prov.recorded_key(record["recorded"])
         index_kv = self._keys.current_version()
         write = ResourceWrite(

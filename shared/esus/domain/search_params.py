@@ -4,9 +4,10 @@ the official SearchParameter definitions; see docs/SEARCH.md)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 TABLE = Path(__file__).with_name("search_params_r4.json")
 
@@ -20,6 +21,7 @@ class SearchParam:
     clear: bool  # every element the expression reads is a clear element: index keys may hold values
     targets: tuple[str, ...] = ()
     resolve: str | None = None  # `.where(resolve() is T)`: only references to T count
+    plan: str | None = field(default=None, compare=False)  # JSON, see esus.domain.fhirpath_plans
 
     @property
     def key_name(self) -> str:
@@ -28,21 +30,19 @@ class SearchParam:
 
 
 @lru_cache(maxsize=1)
-def _table() -> dict[str, dict[str, SearchParam]]:
-    raw = json.loads(TABLE.read_text(encoding="utf-8"))
+def _raw_table() -> dict[str, dict[str, dict[str, Any]]]:
+    return dict(json.loads(TABLE.read_text(encoding="utf-8")))
+
+
+@cache
+def params_for(resource_type: str) -> dict[str, SearchParam]:
+    """A type's parameters, built on first use (a function serves a few types; building all costs ~50 ms)."""
     return {
-        resource_type: {
-            code: SearchParam(resource_type, code, entry["type"], entry["expression"], bool(entry["clear"]),
-                              tuple(entry.get("targets") or ()), entry.get("resolve"))
-            for code, entry in params.items()
-        }
-        for resource_type, params in raw.items()
+        code: SearchParam(resource_type, code, entry["type"], entry["expression"], bool(entry["clear"]),
+                          tuple(entry.get("targets") or ()), entry.get("resolve"), entry.get("plan"))
+        for code, entry in _raw_table().get(resource_type, {}).items()
     }
 
 
-def params_for(resource_type: str) -> dict[str, SearchParam]:
-    return _table().get(resource_type, {})
-
-
 def searchable_types() -> list[str]:
-    return sorted(_table())
+    return sorted(_raw_table())

@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
+from esus.domain import fhirpath_plans
 from esus.domain.fhir import REFERENCE_PATTERN
 from esus.domain.search_params import SearchParam, params_for
 from esus.errors import InvalidRequest
@@ -54,7 +55,10 @@ def _compiled(expression: str) -> Callable[[Any], list[Any]]:
 
 
 def extract(param: SearchParam, resource: dict[str, Any]) -> list[Any]:
-    """The values a parameter's expression selects in a resource (FHIRPath, R4 model)."""
+    """The values a parameter's expression selects in a resource (FHIRPath, R4 model): by the generated plan
+    where the expression has one, which loads nothing, else by fhirpathpy."""
+    if param.plan is not None:
+        return [v for v in fhirpath_plans.evaluate(param.plan, resource) if v is not None]
     try:
         values = _compiled(param.expression)(resource)
     except Exception:  # noqa: BLE001 (fhirpathpy raises bare Exceptions on data it cannot walk)
