@@ -23,7 +23,7 @@ def evaluate(plan_text: str, resource: dict[str, Any]) -> list[Any]:
         return [not (len(found) == 1 and found[0][0] is False)]
     alternatives = plan["union"]
     values = [value for steps in alternatives for value, _ in _walk(steps, resource)]
-    return _visit(_distinct(values) if len(alternatives) > 1 else values)
+    return [_visit(v) for v in (_distinct(values) if len(alternatives) > 1 else values) if not _bare_extension(v)]
 
 
 @lru_cache(maxsize=4096)
@@ -76,6 +76,10 @@ def _choice(value: Any, key: str, types: list[str]) -> list[Node]:
     return []
 
 
+def _bare_extension(value: Any) -> bool:
+    return isinstance(value, dict) and list(value) == ["extension"]
+
+
 def _visit(value: Any) -> Any:
     """fhirpathpy's answer is a copy in which every list drops what is only a primitive's extension
     (`{"extension": [...]}`), at any depth, and every float is a Decimal (of its shortest repr)."""
@@ -83,7 +87,7 @@ def _visit(value: Any) -> Any:
         return Decimal(str(value))
     if isinstance(value, list):
         kept = [_visit(item) for item in value]
-        return [item for item in kept if not (isinstance(item, dict) and list(item) == ["extension"])]
+        return [item for item in kept if not _bare_extension(item)]
     if isinstance(value, dict):
         return {key: _visit(item) for key, item in value.items()}
     return value
