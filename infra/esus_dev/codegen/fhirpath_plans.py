@@ -41,10 +41,14 @@ def _subtypes_of(type_name: str, types: list[str]) -> bool:
     return False
 
 
-def _steps(type_path: str, text: str) -> list[list[Any]] | None:
-    """Plan steps for `.a.b.where(k='v').c` read from the type path `type_path`; None when it leaves the subset."""
+Steps = list[list[Any]]
+
+
+def _steps(type_path: str, text: str) -> tuple[Steps, str] | None:
+    """Plan steps for `.a.b.where(k='v').c` read from the type path `type_path`, and the type path they end on;
+    None when the text leaves the subset."""
     model = _model()
-    steps: list[list[Any]] = []
+    steps: Steps = []
     pending_choice: list[str] | None = None  # the types a choice step may have produced, until an ofType decides
     position = 0
     while position < len(text):
@@ -81,51 +85,33 @@ def _steps(type_path: str, text: str) -> list[list[Any]] | None:
             child = "Extension"
         steps.append(["member", key])
         type_path = model["path2Type"].get(child, child)
-    return steps  # a path may end on a choice element: then the value of whichever type is present
+    # A path may end on a choice element: then the value of whichever type is present.
+    return steps, type_path
 
 
-def _alternative(resource_type: str, alternative: str) -> list[list[Any]] | None:
+def _alternative(resource_type: str, alternative: str) -> tuple[Steps, str] | None:
+    """`Type.a.b` or `(Type.a.ofType(T)).b`: the steps from the resource and the type path they end on."""
     text = alternative.strip()
-    if text.startswith("("):
-        depth = 0
-        for i, char in enumerate(text):
-            depth += {"(": 1, ")": -1}.get(char, 0)
-            if depth == 0:
-                inner, rest = text[1:i], text[i + 1:]
-                break
-        else:
+    if not text.startswith("("):
+        if not text.startswith(f"{resource_type}."):
             return None
-        inner_steps = _alternative(resource_type, inner)
-        if inner_steps is None or (rest and (inner_steps[-1][0] == "choice")):
-            return None
-        if not rest:
-            return inner_steps
-        # The steps after the parentheses continue from the type the inner path ends on.
-        type_path = _end_type(resource_type, inner)
-        more = _steps(type_path, rest) if type_path else None
-        return None if more is None else inner_steps + more
-    if not text.startswith(f"{resource_type}.") and text != resource_type:
+        found = _steps(resource_type, text[len(resource_type):])
+        return None if found is None else ([["root", resource_type], *found[0]], found[1])
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            inner, rest = text[1:i], text[i + 1:]
+            break
+    else:
         return None
-    steps = _steps(resource_type, text[len(resource_type):])
-    return None if steps is None else [["root", resource_type], *steps]
-
-
-def _end_type(resource_type: str, path: str) -> str | None:
-    """The type path a (plannable) path ends on, as _steps tracked it."""
-    model = _model()
-    type_path = resource_type
-    for step in _alternative(resource_type, path) or []:
-        if step[0] == "root":
-            continue
-        if step[0] == "member":
-            child = model["pathsDefinedElsewhere"].get(f"{type_path}.{step[1]}", f"{type_path}.{step[1]}")
-            type_path = model["path2Type"].get("Extension" if step[1] == "extension" else child,
-                                               "Extension" if step[1] == "extension" else child)
-        elif step[0] == "choice":
-            type_path = model["pathsDefinedElsewhere"].get(f"{type_path}.{step[1]}", f"{type_path}.{step[1]}")
-        elif step[0] == "ofType":
-            type_path = model["path2Type"].get(f"{type_path}{step[1]}", f"{type_path}{step[1]}")
-    return type_path
+    inside = _alternative(resource_type, inner)
+    if inside is None or not rest:
+        return inside
+    if inside[0][-1][0] == "choice":
+        return None  # more steps after a choice without ofType
+    more = _steps(inside[1], rest)  # the steps after the parentheses continue from the type inside ends on
+    return None if more is None else (inside[0] + more[0], more[1])
 
 
 def plan(resource_type: str, alternatives: list[str]) -> dict[str, Any] | None:
@@ -133,9 +119,9 @@ def plan(resource_type: str, alternatives: list[str]) -> dict[str, Any] | None:
     if len(alternatives) == 1:
         present = PRESENT_NOT_FALSE.match(alternatives[0])
         if present:
-            steps = _alternative(resource_type, present.group("path"))
-            return None if steps is None else {"present_not_false": steps}
+            path = _alternative(resource_type, present.group("path"))
+            return None if path is None else {"present_not_false": path[0]}
     paths = [_alternative(resource_type, a) for a in alternatives]
     if any(p is None for p in paths):
         return None
-    return {"union": paths}
+    return {"union": [p[0] for p in paths if p is not None]}
