@@ -14,16 +14,15 @@ STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
 
 def history_bundle(base_url: str, self_url: str, versions: list[Version], next_url: str | None) -> dict[str, Any]:
+    return _paged("history", self_url, next_url, [_history_entry(base_url, v) for v in versions])
+
+
+def _paged(kind: str, self_url: str, next_url: str | None, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Bundle page with absolute self and (when there is more) next links, and no total."""
     links = [{"relation": "self", "url": self_url}]
     if next_url:
         links.append({"relation": "next", "url": next_url})
-    return {
-        "resourceType": "Bundle",
-        "type": "history",
-        "timestamp": now_instant(),
-        "link": links,
-        "entry": [_history_entry(base_url, v) for v in versions],
-    }
+    return {"resourceType": "Bundle", "type": kind, "timestamp": now_instant(), "link": links, "entry": entries}
 
 
 def _history_entry(base_url: str, version: Version) -> dict[str, Any]:
@@ -84,16 +83,8 @@ def page_bundle(
     included: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """A searchset page of an operation ($everything): absolute self and next links, no total."""
-    links = [{"relation": "self", "url": self_url}]
-    if next_url:
-        links.append({"relation": "next", "url": next_url})
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "timestamp": now_instant(),
-        "link": links,
-        "entry": search_entries(base_url, resources, "match") + search_entries(base_url, included, "include"),
-    }
+    return _paged("searchset", self_url, next_url,
+                  search_entries(base_url, resources, "match") + search_entries(base_url, included, "include"))
 
 
 def search_entries(base_url: str, resources: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
