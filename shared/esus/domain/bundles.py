@@ -25,13 +25,11 @@ from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PayloadTooLa
 from esus.limits import MAX_TRANSACTION_ENTRIES
 from esus.model import ResourceWrite, Version
 from esus.security.auth import CREATE, SEARCH, Principal
+from esus.storage.errors import Locked, TransientConflict, VersionConflict
 from esus.storage.store import (
     BATCH_GET_LIMIT,
     TRANSACTION_ITEM_LIMIT,
-    Locked,
     Store,
-    TransientConflict,
-    VersionConflict,
     unique_entries,
 )
 

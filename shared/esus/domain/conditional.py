@@ -12,7 +12,8 @@ from esus.errors import Conflict, InvalidRequest, PreconditionFailed
 from esus.model import Version
 from esus.security.auth import CREATE, SEARCH, Principal
 from esus.security.crypto import BlindIndex
-from esus.storage.store import Locked, Store, VersionConflict, index_partition
+from esus.storage.errors import Locked, VersionConflict
+from esus.storage.store import Store, index_partition
 
 GUARD_PARAM = "_conditional-create"
 

@@ -43,18 +43,15 @@ from esus.model import IndexEntry, ResourceWrite, Version
 from esus.security.auth import CREATE, DELETE, READ, UPDATE, Principal
 from esus.security.crypto import BlindIndex, CursorSigner
 from esus.settings import Settings
+from esus.storage.errors import Locked, TransactionBusy, TransientConflict, VersionConflict
 from esus.storage.store import (
     ALL_TYPES,
     TRANSACTION_ITEM_LIMIT,
-    Locked,
     Store,
-    TransientConflict,
-    VersionConflict,
     change_log_partition,
     change_log_sort,
     unique_entries,
 )
-from esus.storage.transactions import TransactionBusy
 
 T = TypeVar("T")
 LOCK_ATTEMPTS = 6  # a write meeting a large transaction in progress waits at most ~1.5 s, then 409

@@ -62,8 +62,8 @@ from esus.container import Services
 from esus.domain.fhir import PROVENANCE
 from esus.domain.search_index import SearchKeys, parse_sort_key, search_entry_from_ref
 from esus.domain.search_params import params_for
-from esus.errors import IntegrityFailure
 from esus.model import IndexEntry, Version
+from esus.security.crypto import IntegrityFailure
 from esus.storage.objects import StoredObject, parse_key, tenant_prefix
 from esus.storage.store import (
     ALL_TYPES,

@@ -22,7 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from esus.errors import IntegrityFailure
+from esus.security.crypto import IntegrityFailure
 
 FORMAT = b"ESUS-SEALED-1\n"
 DELETE_BATCH = 1000  # S3 DeleteObjects

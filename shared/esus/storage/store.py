@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from esus.errors import Conflict, IntegrityFailure, PayloadTooLarge
 from esus.model import IndexEntry, ResourceWrite, Version
-from esus.security.crypto import FieldContext
+from esus.security.crypto import FieldContext, IntegrityFailure
 from esus.security.phi import ResourceCodec
 from esus.settings import Settings
+from esus.storage.errors import Locked, TooManyItems, TransientConflict, VersionConflict
 from esus.storage.objects import ObjectStore, digest_of, object_key, pack, unpack
 
 if TYPE_CHECKING:
@@ -55,33 +55,6 @@ TRANSACTION_ITEM_LIMIT = 100  # DynamoDB TransactWriteItems
 BATCH_WRITE_LIMIT = 25
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
-
-
-class VersionConflict(Conflict):
-    """The conditional write lost: another version was stored first (or the resource is missing).
-    Callers that can (If-Match, retries) turn it into 412 or a retry; anywhere else it is a 409."""
-
-    def __init__(self, current_version: int | None, current_deleted: bool | None) -> None:
-        super().__init__("A concurrent change won; nothing was stored. Retry.", headers={"Retry-After": "1"})
-        self.current_version = current_version
-        self.current_deleted = current_deleted
-
-
-class Locked(Conflict):
-    """A conditional write met an item locked by a large transaction (docs/TRANSACTIONS.md). Writers
-    resolve it (esus.storage.transactions.TransactionStore.resolve) and retry; unresolved it is a 409."""
-
-    def __init__(self, tenant: str, txid: str, table: str, key: dict[str, Any]) -> None:
-        super().__init__("A transaction in progress holds this resource; nothing was stored. Retry.",
-                         headers={"Retry-After": "1"})
-        self.tenant, self.txid, self.table, self.key = tenant, txid, table, key
-
-
-@dataclass(frozen=True)
-class TransientConflict(Exception):
-    """DynamoDB cancelled the transaction because another one touched the same items."""
-
-    reason: str
 
 
 def resource_key(tenant: str, resource_type: str, resource_id: str) -> str:
@@ -733,15 +706,9 @@ class Store:
 
     @staticmethod
     def require_fits(items: list[dict[str, Any]]) -> None:
-        """413 before anything is written (callers that write beside the transaction check first)."""
+        """Refused before anything is written (callers that write beside the transaction check first)."""
         if len(items) > TRANSACTION_ITEM_LIMIT:
-            raise PayloadTooLarge(
-                f"This write needs {len(items)} DynamoDB items (each resource version writes its current and "
-                "history items, two change-log items, and a Provenance with one index item per target and "
-                f"agent); one atomic transaction holds at most {TRANSACTION_ITEM_LIMIT}. Nothing was stored. "
-                "Send fewer Provenance targets or agents, or split a transaction Bundle into smaller "
-                "transactions or a batch."
-            )
+            raise TooManyItems(len(items), TRANSACTION_ITEM_LIMIT)
 
     def transact(self, items: list[dict[str, Any]], token: str) -> None:
         """One all-or-nothing TransactWriteItems. The token makes a retried call idempotent.

@@ -19,9 +19,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from esus.errors import Conflict
 from esus.model import IndexEntry, ResourceWrite, Version
 from esus.settings import Settings
+from esus.storage.errors import Locked, TransactionAborted, TransactionBusy, TransientConflict, WriteConflict
 from esus.storage.store import (
     ABORTED,
     ALL_TYPES,
@@ -29,9 +29,7 @@ from esus.storage.store import (
     COMMITTED,
     PENDING,
     TRANSACTION_ITEM_LIMIT,
-    Locked,
     Store,
-    TransientConflict,
     _av,
     _item,
     _plain,
@@ -48,21 +46,6 @@ WORKERS = 16  # concurrent DynamoDB calls per wave (the client's connection pool
 CHUNK_BYTES = 3_500_000  # TransactWriteItems takes at most 4 MB
 FINISHED_RECORD_SECONDS = 86_400  # a finished record is kept a day (readers met its items), then TTL removes it
 ROLL_FORWARD_ATTEMPTS = 3
-
-
-class TransactionBusy(Conflict):
-    """Another transaction holds an item this write needs, and its lease has not ended."""
-
-    def __init__(self) -> None:
-        super().__init__("Another transaction in progress holds a resource this request changes; nothing was "
-                         "stored. Retry.", headers={"Retry-After": "1"})
-
-
-class TransactionAborted(Conflict):
-    """This transaction was aborted (it met a conflict, or its lease ended before it could commit)."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(f"{why}; nothing was stored. Retry.", headers={"Retry-After": "1"})
 
 
 @dataclass(frozen=True)
@@ -170,7 +153,7 @@ class TransactionStore:
     # ---------- the writer ----------
     def commit(self, tenant: str, writes: Sequence[tuple[ResourceWrite, str]]) -> str:
         """All of `writes` (each with its Provenance's recorded key) or none; returns the transaction id.
-        Raises VersionConflict or Locked/TransactionBusy-derived Conflicts when it had to abort."""
+        Raises a WriteConflict (VersionConflict, TransactionBusy, TransactionAborted) when it had to abort."""
         txid = str(uuid.uuid4())
         started = self.clock()
         expires = math.ceil(started + self.lease)
@@ -292,7 +275,7 @@ class TransactionStore:
     def _first_failure(errors: Sequence[BaseException | None]) -> BaseException | None:
         """The failure to report: a conflict of a concurrent writer before anything else."""
         failures = [e for e in errors if e is not None]
-        for kind in (Locked, Conflict):
+        for kind in (Locked, WriteConflict):
             for failure in failures:
                 if isinstance(failure, kind):
                     return failure
