@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Version:
-    """One stored version of a resource (a delete version has no resource)."""
+    """One stored version of a resource (a delete version has no resource). Keyword-only: several
+    fields share a type, and a swapped id/type or version/status would pass unnoticed."""
 
     resource_type: str
     resource_id: str

@@ -257,7 +257,8 @@ class BundleService:
         if method == "DELETE":
             if current is None or current.deleted:
                 return EntryResult(204), None
-            version = Version(resource_type, resource_id, current.version + 1, now_instant(), True, None, "DELETE", 204)
+            version = Version(resource_type=resource_type, resource_id=resource_id, version=current.version + 1,
+                              last_updated=now_instant(), deleted=True, resource=None, method="DELETE", status=204)
         else:
             assert entry.resource is not None
             if current is not None and not current.deleted and current.resource is not None \

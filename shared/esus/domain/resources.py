@@ -315,7 +315,8 @@ class ResourceService:
             _check_if_match(if_match, current, resource_type, resource_id)
             if current is None or current.deleted:
                 return None
-            version = Version(resource_type, resource_id, current.version + 1, self._clock(), True, None, "DELETE", 204)
+            version = Version(resource_type=resource_type, resource_id=resource_id, version=current.version + 1,
+                              last_updated=self._clock(), deleted=True, resource=None, method="DELETE", status=204)
             self._commit(principal, version, current.version, False, current.index_refs, x_provenance)
             return version
 
@@ -328,7 +329,8 @@ class ResourceService:
         last_updated = self._clock()
         resource = validate_resource(resource_type, _with_server_meta(body, resource_id, number, last_updated))
         require_representable(resource)
-        return Version(resource_type, resource_id, number, last_updated, False, resource, method, status)
+        return Version(resource_type=resource_type, resource_id=resource_id, version=number, last_updated=last_updated,
+                       deleted=False, resource=resource, method=method, status=status)
 
     def prepare(
         self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,

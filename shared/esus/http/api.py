@@ -210,7 +210,8 @@ def write_response(request: FhirRequest, version: Version, status: int) -> Respo
 def provenance_version(record: dict[str, Any]) -> Version:
     """A Provenance record seen as its (only) version, so it gets the same headers as any resource."""
     meta = record["meta"]
-    return Version(PROVENANCE, record["id"], int(meta["versionId"]), meta["lastUpdated"], False, record, "POST", 201)
+    return Version(resource_type=PROVENANCE, resource_id=record["id"], version=int(meta["versionId"]),
+                   last_updated=meta["lastUpdated"], deleted=False, resource=record, method="POST", status=201)
 
 
 # ---------- requests ----------

@@ -75,7 +75,8 @@ class EntryRef:
                    "d" in flags, guard, guard_prev)
 
     def change_log_keys(self, tenant: str) -> list[dict[str, str]]:
-        version = Version(self.resource_type, self.resource_id, self.version, self.last_updated, self.deleted, None)
+        version = Version(resource_type=self.resource_type, resource_id=self.resource_id, version=self.version,
+                          last_updated=self.last_updated, deleted=self.deleted, resource=None)
         sort = change_log_sort(version)
         return [{"pk": change_log_partition(tenant, level), "sk": sort} for level in (ALL_TYPES, self.resource_type)]
 
