@@ -85,7 +85,7 @@ class ResourceService:
     # ---------- reads ----------
     # `within`: None, or the Patient id whose compartment the caller is confined to (Principal.confinement).
     # Outside it, a resource answers exactly like an unknown one (404), judged on its CURRENT version.
-    def read(self, resource_type: str, resource_id: str, tenant: str, *, within: str | None) -> Version:
+    def read(self, tenant: str, resource_type: str, resource_id: str, *, within: str | None) -> Version:
         _check_generic(resource_type)
         require_id(resource_id)
         current = self._store.current(tenant, resource_type, resource_id)
@@ -95,7 +95,7 @@ class ResourceService:
             raise Gone(f"{resource_type}/{resource_id} was deleted", headers={"ETag": current.etag})
         return current
 
-    def vread(self, resource_type: str, resource_id: str, vid: str, tenant: str, *, within: str | None) -> Version:
+    def vread(self, tenant: str, resource_type: str, resource_id: str, vid: str, *, within: str | None) -> Version:
         _check_generic(resource_type)
         require_id(resource_id)
         found = self._store.version(tenant, resource_type, resource_id, int(vid)) if _is_version(vid) else None
@@ -108,7 +108,7 @@ class ResourceService:
         return found
 
     def history(
-        self, resource_type: str, resource_id: str, tenant: str, params: dict[str, list[str]], *, within: str | None,
+        self, tenant: str, resource_type: str, resource_id: str, params: dict[str, list[str]], *, within: str | None,
     ) -> HistoryPage:
         """Newest first; `_count`, `_since` and a signed `_cursor` (the last version already served)."""
         _check_generic(resource_type)
@@ -228,7 +228,7 @@ class ResourceService:
         within = principal.confined_to(resource_type, READ + UPDATE)
 
         def attempt() -> WriteOutcome:
-            current = self.read(resource_type, resource_id, principal.tenant, within=within)
+            current = self.read(principal.tenant, resource_type, resource_id, within=within)
             _check_if_match(if_match, current, resource_type, resource_id)
             assert current.resource is not None
             import jsonpatch
