@@ -79,6 +79,6 @@ class ResourceWrite:
     # ... and those written beside it (BatchWriteItem): a transaction Bundle's, or a single write's that
     # would not fit in one TransactWriteItems. Both are listed in the current item's `idx`.
     deferred_index: list[IndexEntry] = field(default_factory=list)
-    # The version's item attributes once encoded (Store.resource_write_items): sealing is not repeated, and a
+    # The version's item attributes once encoded (Store.write_plan): sealing is not repeated, and a
     # large body is written to the object store once per write.
     encoded: dict[str, Any] | None = None

@@ -48,10 +48,10 @@ from esus.storage.store import (
     ALL_TYPES,
     TRANSACTION_ITEM_LIMIT,
     Store,
+    change_log_entries,
     change_log_partition,
-    change_log_sort,
-    unique_entries,
 )
+from esus.storage.write_plan import unique_entries
 
 T = TypeVar("T")
 LOCK_ATTEMPTS = 6  # a write meeting a large transaction in progress waits at most ~1.5 s, then 409
@@ -360,11 +360,7 @@ class ResourceService:
             provenance=record,
             provenance_index=self.provenance_index(principal.tenant, record, sort_key, index_kv),
             provenance_index_kv=index_kv,
-            change_log=[
-                IndexEntry(change_log_partition(principal.tenant, level), change_log_sort(version), version.resource_id,
-                           version.deleted)
-                for level in (ALL_TYPES, version.resource_type)
-            ],
+            change_log=change_log_entries(principal.tenant, version),
             request_token=str(uuid.uuid4()),
         )
         return write, sort_key

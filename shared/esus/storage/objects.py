@@ -47,6 +47,11 @@ def tenant_prefix(tenant: str) -> str:
     return f"{tenant}/"
 
 
+def object_tenant(key: str) -> str:
+    """The tenant of any object key (every key begins with it)."""
+    return key.split("/", 1)[0]
+
+
 def parse_key(key: str) -> tuple[str, str, str, int, str] | None:
     """(tenant, type, id, version, digest) of an object key; None for a key this store never writes."""
     parts = key.split("/")
