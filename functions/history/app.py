@@ -15,7 +15,7 @@ def history(resource_type: str, resource_id: str) -> Response[str]:
     principal = request.authorize(resource_type, "history-instance")
     params = request.query()
     within = principal.confinement(resource_type, "history-instance")
-    page = services().resources.history(resource_type, resource_id, principal.tenant, params, within=within)
+    page = services().resources.history(principal.tenant, resource_type, resource_id, params, within=within)
     next_url = None
     if page.next_cursor:
         next_url = request.url_with(_cursor=page.next_cursor)

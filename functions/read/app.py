@@ -21,7 +21,7 @@ def read(resource_type: str, resource_id: str) -> Response[Any]:
     if resource_type == PROVENANCE:
         record = services().provenance.read(principal.tenant, resource_id, within=within)
         return resource_response(provenance_version(record))
-    version = services().resources.read(resource_type, resource_id, principal.tenant, within=within)
+    version = services().resources.read(principal.tenant, resource_type, resource_id, within=within)
     return read_response(request, version)  # a Binary may answer with its raw content (Accept)
 
 

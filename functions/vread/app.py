@@ -21,7 +21,7 @@ def vread(resource_type: str, resource_id: str, vid: str) -> Response[Any]:
     if resource_type == PROVENANCE:
         record = services().provenance.vread(principal.tenant, resource_id, vid, within=within)
         return resource_response(provenance_version(record))
-    version = services().resources.vread(resource_type, resource_id, vid, principal.tenant, within=within)
+    version = services().resources.vread(principal.tenant, resource_type, resource_id, vid, within=within)
     return read_response(request, version)  # a Binary may answer with its raw content (Accept)
 
 

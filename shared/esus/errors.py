@@ -92,8 +92,3 @@ class TooManyRequests(FhirError):
 class ServiceUnavailable(FhirError):
     status, code = 503, "transient"
 
-
-class IntegrityFailure(FhirError):
-    """Stored data failed authentication (tag mismatch, unknown key version). Never returned silently."""
-
-    status, code = 500, "exception"

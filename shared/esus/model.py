@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Version:
-    """One stored version of a resource (a delete version has no resource)."""
+    """One stored version of a resource (a delete version has no resource). Keyword-only: several
+    fields share a type, and a swapped id/type or version/status would pass unnoticed."""
 
     resource_type: str
     resource_id: str
@@ -78,6 +79,6 @@ class ResourceWrite:
     # ... and those written beside it (BatchWriteItem): a transaction Bundle's, or a single write's that
     # would not fit in one TransactWriteItems. Both are listed in the current item's `idx`.
     deferred_index: list[IndexEntry] = field(default_factory=list)
-    # The version's item attributes once encoded (Store.resource_write_items): sealing is not repeated, and a
+    # The version's item attributes once encoded (Store.write_plan): sealing is not repeated, and a
     # large body is written to the object store once per write.
     encoded: dict[str, Any] | None = None

@@ -98,7 +98,8 @@ def big_patient(pid: str, family: str, words: list[str]) -> dict[str, Any]:
 
 
 def index_count(resource: dict[str, Any]) -> int:
-    version = Version(resource["resourceType"], resource["id"], 1, "2024-01-01T00:00:00Z", False, resource)
+    version = Version(resource_type=resource["resourceType"], resource_id=resource["id"], version=1,
+                      last_updated="2024-01-01T00:00:00Z", deleted=False, resource=resource)
     return len(services().resources.index_entries("acme", version))
 
 

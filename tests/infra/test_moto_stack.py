@@ -473,7 +473,8 @@ def _stuck(deployed: Deployed, state: str, n: int, expired: bool) -> str:
     """A large transaction whose committer stopped: `pending` (before its commit) or `committed` (before its
     roll-forward), optionally past its lease. It updates a Patient `identifier=urn:stuck|n` (returned) and
     creates, under the If-None-Exist guard `identifier=urn:guard|n`, a Patient that does not match it."""
-    from esus.storage.transactions import TransactionAborted, TransactionStore
+    from esus.storage.errors import TransactionAborted
+    from esus.storage.transactions import TransactionStore
 
     status, target, _ = deployed.request("CreateFunction", "POST", "/fhir/Patient", "/fhir/{type}", {"type": "Patient"},
                                          body={"resourceType": "Patient",

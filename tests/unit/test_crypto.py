@@ -8,8 +8,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from esus.errors import IntegrityFailure, InvalidRequest
-from esus.security.crypto import BlindIndex, CursorSigner, FieldCipher, FieldContext, KeyRing, RootKeys
+from esus.errors import InvalidRequest
+from esus.security.crypto import (
+    BlindIndex,
+    CursorSigner,
+    FieldCipher,
+    FieldContext,
+    IntegrityFailure,
+    KeyRing,
+    RootKeys,
+)
 from esus.security.phi import ResourceCodec
 
 

@@ -15,7 +15,7 @@ from esus.errors import InvalidRequest, PayloadTooLarge, Unprocessable
 from esus.limits import MAX_JSON_DEPTH, depth_exceeds, parse_json
 from esus.model import IndexEntry
 from esus.settings import Settings
-from esus.storage.store import unique_entries
+from esus.storage.write_plan import unique_entries
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

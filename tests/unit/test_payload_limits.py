@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from esus.errors import IntegrityFailure, TooCostly
+from esus.errors import TooCostly
 from esus.http.api import page_response, write_bundle_response
 from esus.limits import (
     DEFAULT_MAX_BODY_BYTES,
@@ -19,6 +19,7 @@ from esus.limits import (
     representation_size,
     response_body_size,
 )
+from esus.security.crypto import IntegrityFailure
 from esus.storage.objects import object_key, pack, parse_key, unpack
 
 

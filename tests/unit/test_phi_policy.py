@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from esus.domain.fhir import SUPPORTED_TYPES
-from esus.errors import IntegrityFailure
-from esus.security.crypto import FieldCipher, FieldContext, KeyRing, RootKeys
+from esus.security.crypto import FieldCipher, FieldContext, IntegrityFailure, KeyRing, RootKeys
 from esus.security.phi import CLEAR_ELEMENTS, META_CLEAR, ResourceCodec, is_clear
 from tests.conftest import SHARED_DATA
 

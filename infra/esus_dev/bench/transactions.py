@@ -197,7 +197,7 @@ def read_rows(client: Client) -> list[ReadRow]:
     rows.append(measure("read, no transaction", pid))
 
     def no_commit(*_: Any, **__: Any) -> None:
-        from esus.storage.transactions import TransactionAborted
+        from esus.storage.errors import TransactionAborted
 
         raise TransactionAborted("bench: the committer stops before its commit")
 

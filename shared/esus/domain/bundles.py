@@ -25,15 +25,13 @@ from esus.errors import Conflict, FhirError, InvalidRequest, Issue, PayloadTooLa
 from esus.limits import MAX_TRANSACTION_ENTRIES
 from esus.model import ResourceWrite, Version
 from esus.security.auth import CREATE, SEARCH, Principal
+from esus.storage.errors import Locked, TransientConflict, VersionConflict
 from esus.storage.store import (
     BATCH_GET_LIMIT,
     TRANSACTION_ITEM_LIMIT,
-    Locked,
     Store,
-    TransientConflict,
-    VersionConflict,
-    unique_entries,
 )
+from esus.storage.write_plan import transaction_item_count
 
 METHOD_INTERACTION = {"POST": "create", "PUT": "update", "DELETE": "delete"}
 URN_UUID = re.compile(r"^urn:uuid:[0-9a-fA-F-]{36}$")
@@ -259,7 +257,8 @@ class BundleService:
         if method == "DELETE":
             if current is None or current.deleted:
                 return EntryResult(204), None
-            version = Version(resource_type, resource_id, current.version + 1, now_instant(), True, None, "DELETE", 204)
+            version = Version(resource_type=resource_type, resource_id=resource_id, version=current.version + 1,
+                              last_updated=now_instant(), deleted=True, resource=None, method="DELETE", status=204)
         else:
             assert entry.resource is not None
             if current is not None and not current.deleted and current.resource is not None \
@@ -277,7 +276,7 @@ class BundleService:
         return EntryResult(version.status, version), (write, sort_key)
 
     def _commit(self, tenant: str, writes: list[tuple[ResourceWrite, str]]) -> None:
-        if sum(_item_count(write) for write, _ in writes) > TRANSACTION_ITEM_LIMIT:
+        if sum(transaction_item_count(write) for write, _ in writes) > TRANSACTION_ITEM_LIMIT:
             try:
                 self._store.transactions.commit(tenant, writes)
             except VersionConflict:
@@ -301,13 +300,6 @@ class BundleService:
                            headers={"Retry-After": "1"})
         # Search index items beside the transaction, before the response: read-your-writes.
         in_parallel(index_writes(self._store, [e for write, _ in writes for e in write.deferred_index]))
-
-
-def _item_count(write: ResourceWrite) -> int:
-    """The TransactWriteItems entries Store.resource_write_items makes of a transaction Bundle's write:
-    current, history, Provenance, its index items, the change log, the guard (search items go beside)."""
-    return (3 + len(unique_entries(write.provenance_index)) + len(write.change_log)
-            + (1 if write.unique_guard else 0) + len(unique_entries(write.index_entries)))
 
 
 def _interaction(method: str, request: dict[str, Any], conditional_url: bool = False) -> str:

@@ -12,7 +12,8 @@ from esus.errors import Conflict, InvalidRequest, PreconditionFailed
 from esus.model import Version
 from esus.security.auth import CREATE, SEARCH, Principal
 from esus.security.crypto import BlindIndex
-from esus.storage.store import Locked, Store, VersionConflict, index_partition
+from esus.storage.errors import Locked, VersionConflict
+from esus.storage.store import Store, index_partition
 
 GUARD_PARAM = "_conditional-create"
 
@@ -42,8 +43,8 @@ class ConditionalService:
         ids = self._search.matching_ids(tenant, resource_type, params, within)
         # The guard's owner may have committed while its search index items were still being written
         # (they go beside its transaction when they do not fit in it): check it directly.
-        if owner is not None and owner not in ids and self._search.current_matches(tenant, resource_type, params,
-                                                                                     owner, within):
+        if owner is not None and owner not in ids and self._search.current_matches(tenant, resource_type, owner,
+                                                                                     params, within):
             ids = sorted({*ids, owner})
         if len(ids) > 1:
             raise PreconditionFailed(f"The search matches {len(ids)} {resource_type} resources; it must match one")
@@ -104,7 +105,7 @@ class ConditionalService:
         # owner that no longer matches (deleted or changed) is the only one that may be taken over.
         owner = self._guard_owner(partition)
         ids = self._matches(tenant, resource_type, params, owner, within)
-        existing = self._resources.read(resource_type, ids[0], tenant, within=within) if ids else None
+        existing = self._resources.read(tenant, resource_type, ids[0], within=within) if ids else None
         return CreateCondition(existing, (partition, owner))
 
     def _guard_owner(self, partition: str) -> str | None:

@@ -65,7 +65,7 @@ class EverythingService:
             raise InvalidRequest(f"$everything does not support '{unknown[0][:40]}' (supported: _type, _since, "
                                  "_count)")
         tenant = principal.tenant
-        self._resources.read(PATIENT, patient_id, tenant, within=principal.confinement(PATIENT, "read"))
+        self._resources.read(tenant, PATIENT, patient_id, within=principal.confinement(PATIENT, "read"))
         types = _types(params.get("_type"))
         since = instant_param("_since", last_value(params.get("_since")))
         count = page_size(self._s, last_value(params.get("_count")))

@@ -20,7 +20,8 @@ from esus.limits import parse_json
 from esus.model import IndexEntry, Version
 from esus.security.auth import Principal, reference_resource_type
 from esus.settings import Settings
-from esus.storage.store import index_partition, unique_entries
+from esus.storage.store import index_partition
+from esus.storage.write_plan import unique_entries
 
 DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"

@@ -43,18 +43,15 @@ from esus.model import IndexEntry, ResourceWrite, Version
 from esus.security.auth import CREATE, DELETE, READ, UPDATE, Principal
 from esus.security.crypto import BlindIndex, CursorSigner
 from esus.settings import Settings
+from esus.storage.errors import Locked, TransactionBusy, TransientConflict, VersionConflict
 from esus.storage.store import (
     ALL_TYPES,
     TRANSACTION_ITEM_LIMIT,
-    Locked,
     Store,
-    TransientConflict,
-    VersionConflict,
+    change_log_entries,
     change_log_partition,
-    change_log_sort,
-    unique_entries,
 )
-from esus.storage.transactions import TransactionBusy
+from esus.storage.write_plan import unique_entries
 
 T = TypeVar("T")
 LOCK_ATTEMPTS = 6  # a write meeting a large transaction in progress waits at most ~1.5 s, then 409
@@ -88,7 +85,7 @@ class ResourceService:
     # ---------- reads ----------
     # `within`: None, or the Patient id whose compartment the caller is confined to (Principal.confinement).
     # Outside it, a resource answers exactly like an unknown one (404), judged on its CURRENT version.
-    def read(self, resource_type: str, resource_id: str, tenant: str, *, within: str | None) -> Version:
+    def read(self, tenant: str, resource_type: str, resource_id: str, *, within: str | None) -> Version:
         _check_generic(resource_type)
         require_id(resource_id)
         current = self._store.current(tenant, resource_type, resource_id)
@@ -98,7 +95,7 @@ class ResourceService:
             raise Gone(f"{resource_type}/{resource_id} was deleted", headers={"ETag": current.etag})
         return current
 
-    def vread(self, resource_type: str, resource_id: str, vid: str, tenant: str, *, within: str | None) -> Version:
+    def vread(self, tenant: str, resource_type: str, resource_id: str, vid: str, *, within: str | None) -> Version:
         _check_generic(resource_type)
         require_id(resource_id)
         found = self._store.version(tenant, resource_type, resource_id, int(vid)) if _is_version(vid) else None
@@ -111,7 +108,7 @@ class ResourceService:
         return found
 
     def history(
-        self, resource_type: str, resource_id: str, tenant: str, params: dict[str, list[str]], *, within: str | None,
+        self, tenant: str, resource_type: str, resource_id: str, params: dict[str, list[str]], *, within: str | None,
     ) -> HistoryPage:
         """Newest first; `_count`, `_since` and a signed `_cursor` (the last version already served)."""
         _check_generic(resource_type)
@@ -231,7 +228,7 @@ class ResourceService:
         within = principal.confined_to(resource_type, READ + UPDATE)
 
         def attempt() -> WriteOutcome:
-            current = self.read(resource_type, resource_id, principal.tenant, within=within)
+            current = self.read(principal.tenant, resource_type, resource_id, within=within)
             _check_if_match(if_match, current, resource_type, resource_id)
             assert current.resource is not None
             import jsonpatch
@@ -318,7 +315,8 @@ class ResourceService:
             _check_if_match(if_match, current, resource_type, resource_id)
             if current is None or current.deleted:
                 return None
-            version = Version(resource_type, resource_id, current.version + 1, self._clock(), True, None, "DELETE", 204)
+            version = Version(resource_type=resource_type, resource_id=resource_id, version=current.version + 1,
+                              last_updated=self._clock(), deleted=True, resource=None, method="DELETE", status=204)
             self._commit(principal, version, current.version, False, current.index_refs, x_provenance)
             return version
 
@@ -331,7 +329,8 @@ class ResourceService:
         last_updated = self._clock()
         resource = validate_resource(resource_type, _with_server_meta(body, resource_id, number, last_updated))
         require_representable(resource)
-        return Version(resource_type, resource_id, number, last_updated, False, resource, method, status)
+        return Version(resource_type=resource_type, resource_id=resource_id, version=number, last_updated=last_updated,
+                       deleted=False, resource=resource, method=method, status=status)
 
     def prepare(
         self, principal: Principal, version: Version, expected_version: int | None, expected_deleted: bool | None,
@@ -362,11 +361,7 @@ class ResourceService:
             provenance=record,
             provenance_index=self.provenance_index(principal.tenant, record, sort_key, index_kv),
             provenance_index_kv=index_kv,
-            change_log=[
-                IndexEntry(change_log_partition(principal.tenant, level), change_log_sort(version), version.resource_id,
-                           version.deleted)
-                for level in (ALL_TYPES, version.resource_type)
-            ],
+            change_log=change_log_entries(principal.tenant, version),
             request_token=str(uuid.uuid4()),
         )
         return write, sort_key

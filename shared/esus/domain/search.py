@@ -166,7 +166,7 @@ class SearchService:
         return self._store.consistent(lambda: self._matches(tenant, resource_type, criteria, within))[0]
 
     def current_matches(
-        self, tenant: str, resource_type: str, params: dict[str, list[str]], resource_id: str,
+        self, tenant: str, resource_type: str, resource_id: str, params: dict[str, list[str]],
         within: str | None = None,
     ) -> bool:
         """Does this resource's current version match the search (and lie in `within`'s compartment)?"""

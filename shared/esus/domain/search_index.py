@@ -66,8 +66,8 @@ PROVENANCE_REFERENCES: dict[str, SearchParam] = {
 
 def search_entry_from_ref(ref: str) -> IndexEntry:
     """An `idx` ref of a search index item (sort key id|version) as the entry it names."""
-    partition, sort = ref.split("\n", 1)
-    return IndexEntry(partition, sort, parse_sort_key(sort)[0])
+    entry = IndexEntry.from_ref(ref)
+    return IndexEntry(entry.partition, entry.sort, parse_sort_key(entry.sort)[0])
 
 
 class SearchKeys:

@@ -25,8 +25,8 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, Rea
 from esus import snapstart
 from esus.domain.fhir import PROVENANCE, require_type
 from esus.errors import (
+    Conflict,
     FhirError,
-    IntegrityFailure,
     InvalidRequest,
     Issue,
     NotFound,
@@ -39,7 +39,9 @@ from esus.errors import (
 from esus.limits import MAX_REPRESENTATION_BYTES, event_body_size, parse_json, response_body_size
 from esus.model import Version
 from esus.security.auth import ALL_TYPES, Principal
+from esus.security.crypto import IntegrityFailure
 from esus.settings import get_settings
+from esus.storage.errors import TooManyItems, WriteConflict
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 ACCEPTED_CONTENT_TYPES = ("application/fhir+json", "application/json")
@@ -74,10 +76,16 @@ def error_for(exc: Exception) -> FhirError:
     """The ONE mapping from an exception to what the client sees (status, OperationOutcome, headers), used
     for whole requests and for each batch entry. Logs what operators need, never the message (PHI)."""
     if isinstance(exc, FhirError):
-        if isinstance(exc, IntegrityFailure):
-            metrics.add_metric(name="IntegrityFailures", unit=MetricUnit.Count, value=1)
-            logger.error("integrity failure", extra={"reason": exc.diagnostics})
         return exc
+    if isinstance(exc, IntegrityFailure):
+        metrics.add_metric(name="IntegrityFailures", unit=MetricUnit.Count, value=1)
+        logger.error("integrity failure", extra={"reason": str(exc)})
+        return FhirError(str(exc))  # 500: the stored data is at fault, never the request
+    # Storage errors that reach here: the domain had no better answer for this interaction.
+    if isinstance(exc, WriteConflict):
+        return Conflict(exc.message, headers={"Retry-After": "1"})
+    if isinstance(exc, TooManyItems):
+        return PayloadTooLarge(exc.message)
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         logger.warning("aws call failed", extra={"aws_error": code, "operation": exc.operation_name})
@@ -202,7 +210,8 @@ def write_response(request: FhirRequest, version: Version, status: int) -> Respo
 def provenance_version(record: dict[str, Any]) -> Version:
     """A Provenance record seen as its (only) version, so it gets the same headers as any resource."""
     meta = record["meta"]
-    return Version(PROVENANCE, record["id"], int(meta["versionId"]), meta["lastUpdated"], False, record, "POST", 201)
+    return Version(resource_type=PROVENANCE, resource_id=record["id"], version=int(meta["versionId"]),
+                   last_updated=meta["lastUpdated"], deleted=False, resource=record, method="POST", status=201)
 
 
 # ---------- requests ----------

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esus.container import Services
-from esus.errors import IntegrityFailure
-from esus.security.crypto import RootKeys
+from esus.security.crypto import IntegrityFailure, RootKeys
 
 
 def rotate_root_key(secrets: Any, secret_id: str) -> str:

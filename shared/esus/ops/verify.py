@@ -62,9 +62,9 @@ from esus.container import Services
 from esus.domain.fhir import PROVENANCE
 from esus.domain.search_index import SearchKeys, parse_sort_key, search_entry_from_ref
 from esus.domain.search_params import params_for
-from esus.errors import IntegrityFailure
 from esus.model import IndexEntry, Version
-from esus.storage.objects import StoredObject, parse_key, tenant_prefix
+from esus.security.crypto import IntegrityFailure
+from esus.storage.objects import StoredObject, object_tenant, parse_key, tenant_prefix
 from esus.storage.store import (
     ALL_TYPES,
     change_log_partition,
@@ -72,6 +72,7 @@ from esus.storage.store import (
     index_sort_id,
     key_tenant,
     resource_key,
+    split_index_partition,
     split_resource_key,
     transaction_partition,
 )
@@ -390,7 +391,7 @@ class _Checker:
 
     def _unowned(self, entries: list[IndexEntry]) -> list[IndexEntry]:
         def owner(entry: IndexEntry) -> str:
-            tenant, resource_type = entry.partition.split("|", 2)[:2]
+            tenant, resource_type, _, _ = _search_partition(entry.partition)
             return resource_key(tenant, resource_type, entry.resource_id)
 
         owners = self.store.get_many(self.settings.resources_table, [{"pk": owner(e)} for e in entries],
@@ -407,13 +408,13 @@ class _Checker:
             now = datetime.now(UTC)
             orphans = [o for o in self._unreferenced(page) if now - o.last_modified >= min_age]
             for stored in page:
-                self.report.tenant(stored.key.split("/", 1)[0]).objects += 1
+                self.report.tenant(object_tenant(stored.key)).objects += 1
             for stored in orphans:
-                self.report.tenant(stored.key.split("/", 1)[0]).orphaned_objects += 1
+                self.report.tenant(object_tenant(stored.key)).orphaned_objects += 1
             if remove and orphans:
                 objects.delete([o.key for o in orphans])
                 for stored in orphans:
-                    self.report.tenant(stored.key.split("/", 1)[0]).removed_objects += 1
+                    self.report.tenant(object_tenant(stored.key)).removed_objects += 1
 
     def _unreferenced(self, page: list[StoredObject]) -> list[StoredObject]:
         """The objects of `page` no item points to: neither their version's history item nor the current item
@@ -439,16 +440,21 @@ class _Checker:
 def is_search_partition(partition: str) -> bool:
     """tenant|Type|param|key of a search parameter of a resource type (Provenance keeps its own index,
     checked with the Provenance records; change-log and guard partitions are not search items)."""
-    parts = partition.split("|", 3)
-    return len(parts) == 4 and parts[1] != PROVENANCE and parts[2] in params_for(parts[1])
+    parts = split_index_partition(partition)
+    return parts is not None and parts[1] != PROVENANCE and parts[2] in params_for(parts[1])
+
+
+def _search_partition(partition: str) -> tuple[str, str, str, str]:
+    parts = split_index_partition(partition)
+    assert parts is not None, "a search index partition"
+    return parts
 
 
 def _sealed_key(ref: str) -> str:
     """The HMAC token (`k<version>.<hex>`) of a search index ref on a sealed element, else ""."""
-    partition = ref.split("\n", 1)[0]
-    parts = partition.split("|", 3)
-    param = params_for(parts[1]).get(parts[2]) if len(parts) == 4 else None
-    return parts[3] if param is not None and not param.clear else ""
+    parts = split_index_partition(IndexEntry.from_ref(ref).partition)
+    param = params_for(parts[1]).get(parts[2]) if parts is not None else None
+    return parts[3] if parts is not None and param is not None and not param.clear else ""
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

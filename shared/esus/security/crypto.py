@@ -19,11 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from esus.errors import IntegrityFailure, InvalidRequest
+from esus.errors import InvalidRequest
 
 HKDF_SALT = b"esus/hkdf-salt/v1"
 ENVELOPE_FORMAT = 1
 NONCE_BYTES = 12
+
+
+class IntegrityFailure(Exception):
+    """Stored data failed authentication (tag mismatch, unknown key version, moved or malformed). Never
+    returned silently; esus.http.api.error_for makes it a 500 and counts it (alarmed). The message names no
+    stored value."""
+
 
 PURPOSE_FIELD = "field-encryption"
 PURPOSE_CURSOR = "paging-cursor"

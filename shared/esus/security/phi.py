@@ -26,9 +26,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from esus.errors import IntegrityFailure
 from esus.fhir_types import REQUIRED_CODE_ELEMENTS, RESOURCE_TYPES
-from esus.security.crypto import FieldCipher, FieldContext
+from esus.security.crypto import FieldCipher, FieldContext, IntegrityFailure
 
 CLEAR_COMMON: frozenset[str] = frozenset({"resourceType", "id", "meta", "implicitRules", "language"})
 META = "meta"

@@ -22,7 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from esus.errors import IntegrityFailure
+from esus.security.crypto import IntegrityFailure
 
 FORMAT = b"ESUS-SEALED-1\n"
 DELETE_BATCH = 1000  # S3 DeleteObjects
@@ -45,6 +45,11 @@ def version_prefix(tenant: str, resource_type: str, resource_id: str, version: i
 
 def tenant_prefix(tenant: str) -> str:
     return f"{tenant}/"
+
+
+def object_tenant(key: str) -> str:
+    """The tenant of any object key (every key begins with it)."""
+    return key.split("/", 1)[0]
 
 
 def parse_key(key: str) -> tuple[str, str, str, int, str] | None:

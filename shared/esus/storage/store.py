@@ -28,12 +28,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from esus.errors import Conflict, IntegrityFailure, PayloadTooLarge
 from esus.model import IndexEntry, ResourceWrite, Version
-from esus.security.crypto import FieldContext
+from esus.security.crypto import FieldContext, IntegrityFailure
 from esus.security.phi import ResourceCodec
 from esus.settings import Settings
+from esus.storage.errors import Locked, TooManyItems, TransientConflict, VersionConflict
 from esus.storage.objects import ObjectStore, digest_of, object_key, pack, unpack
+from esus.storage.write_plan import (
+    GUARD_SORT,
+    WritePlan,
+    current_item,
+    history_item,
+    index_item,
+    plan_write,
+)
 
 if TYPE_CHECKING:
     from esus.storage.transactions import TransactionStore
@@ -57,39 +65,19 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 
-class VersionConflict(Conflict):
-    """The conditional write lost: another version was stored first (or the resource is missing).
-    Callers that can (If-Match, retries) turn it into 412 or a retry; anywhere else it is a 409."""
-
-    def __init__(self, current_version: int | None, current_deleted: bool | None) -> None:
-        super().__init__("A concurrent change won; nothing was stored. Retry.", headers={"Retry-After": "1"})
-        self.current_version = current_version
-        self.current_deleted = current_deleted
-
-
-class Locked(Conflict):
-    """A conditional write met an item locked by a large transaction (docs/TRANSACTIONS.md). Writers
-    resolve it (esus.storage.transactions.TransactionStore.resolve) and retry; unresolved it is a 409."""
-
-    def __init__(self, tenant: str, txid: str, table: str, key: dict[str, Any]) -> None:
-        super().__init__("A transaction in progress holds this resource; nothing was stored. Retry.",
-                         headers={"Retry-After": "1"})
-        self.tenant, self.txid, self.table, self.key = tenant, txid, table, key
-
-
-@dataclass(frozen=True)
-class TransientConflict(Exception):
-    """DynamoDB cancelled the transaction because another one touched the same items."""
-
-    reason: str
-
-
 def resource_key(tenant: str, resource_type: str, resource_id: str) -> str:
     return f"{tenant}|{resource_type}|{resource_id}"
 
 
 def index_partition(tenant: str, resource_type: str, param: str, value: str) -> str:
     return f"{tenant}|{resource_type}|{param}|{value}"
+
+
+def split_index_partition(partition: str) -> tuple[str, str, str, str] | None:
+    """index_partition's inverse: (tenant, type, param, value); None for the index table's other
+    partitions (change logs, transaction records)."""
+    parts = partition.split("|", 3)
+    return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
 
 
 ALL_TYPES = "*"
@@ -102,6 +90,13 @@ def change_log_partition(tenant: str, resource_type: str) -> str:
 
 def change_log_sort(version: Version) -> str:
     return f"{version.last_updated}|{version.resource_type}|{version.resource_id}|{version.version:012d}"
+
+
+def change_log_entries(tenant: str, version: Version) -> list[IndexEntry]:
+    """A version's change-log items: system level, then type level."""
+    sort = change_log_sort(version)
+    return [IndexEntry(change_log_partition(tenant, level), sort, version.resource_id, version.deleted)
+            for level in (ALL_TYPES, version.resource_type)]
 
 
 def transaction_partition(tenant: str) -> str:
@@ -493,22 +488,27 @@ class Store:
         self._objects.put_new(key, body)
         return {**attrs, "obj": key, "sha": digest, "okv": sorted(self._codec.key_versions(sealed))}
 
+    def provenance_item(
+        self, tenant: str, provenance: dict[str, Any], recorded_key: str, index_kv: str | None,
+    ) -> dict[str, Any]:
+        """A Provenance record's item (plain). `index_kv`: the key version of the record's index tokens
+        (`ikv`; absent on items written before Provenance references were tokenised)."""
+        ctx = FieldContext(tenant, "Provenance", provenance["id"], 1)
+        doc, phi = self._codec.encode(ctx, provenance)
+        return {"pk": resource_key(tenant, "Provenance", provenance["id"]), "doc": doc, "phi": phi,
+                "lu": provenance["meta"]["lastUpdated"], "rec": recorded_key, "ikv": index_kv}
+
     def provenance_put(
         self, tenant: str, provenance: dict[str, Any], recorded_key: str, index_kv: str | None,
     ) -> dict[str, Any]:
-        """`index_kv`: the key version of the record's index tokens (`ikv`; absent on items written
-        before Provenance references were tokenised)."""
-        ctx = FieldContext(tenant, "Provenance", provenance["id"], 1)
-        doc, phi = self._codec.encode(ctx, provenance)
-        item = _item({"pk": resource_key(tenant, "Provenance", provenance["id"]), "doc": doc, "phi": phi,
-                      "lu": provenance["meta"]["lastUpdated"], "rec": recorded_key, "ikv": index_kv})
-        return {"Put": {"TableName": self._s.provenance_table, "Item": item,
-                        "ConditionExpression": "attribute_not_exists(pk)"}}
+        return self._put_new(self._s.provenance_table, self.provenance_item(tenant, provenance, recorded_key, index_kv))
+
+    def _put_new(self, table: str, item: dict[str, Any]) -> dict[str, Any]:
+        """A Put of an item that must not exist yet (history and Provenance items are never rewritten)."""
+        return {"Put": {"TableName": table, "Item": _item(item), "ConditionExpression": "attribute_not_exists(pk)"}}
 
     def index_put(self, entry: IndexEntry) -> dict[str, Any]:
-        item = _item({"pk": entry.partition, "sk": entry.sort, "rid": entry.resource_id,
-                      "del": True if entry.deleted else None})
-        return {"Put": {"TableName": self._s.index_table, "Item": item}}
+        return {"Put": {"TableName": self._s.index_table, "Item": _item(index_item(entry))}}
 
     def put_index_items(self, entries: Sequence[IndexEntry]) -> None:
         """Idempotent puts outside any transaction (search index items, docs/SEARCH.md)."""
@@ -551,11 +551,10 @@ class Store:
                 return found
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    def _guard_put(self, write: ResourceWrite) -> dict[str, Any]:
-        assert write.unique_guard is not None
-        partition, stale_id = write.unique_guard
-        put: dict[str, Any] = {"TableName": self._s.index_table,
-                               "Item": _item({"pk": partition, "sk": "-", "rid": write.version.resource_id}),
+    def guard_put(self, item: dict[str, Any], stale_id: str | None) -> dict[str, Any]:
+        """A conditional-create guard (write_plan.guard_item, a large transaction adds its markers): new, or
+        taken over from `stale_id`, a resource that no longer matches."""
+        put: dict[str, Any] = {"TableName": self._s.index_table, "Item": _item(item),
                                "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         if stale_id is None:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
@@ -568,7 +567,7 @@ class Store:
         """The resource a conditional-create guard names. A guard a large transaction holds names its new
         owner once the transaction committed, its previous one if it did not; while it is pending nobody
         can tell: Locked (the writer resolves it)."""
-        response = self._ddb.get_item(TableName=self._s.index_table, Key={"pk": _av(partition), "sk": _av("-")},
+        response = self._ddb.get_item(TableName=self._s.index_table, Key={"pk": _av(partition), "sk": _av(GUARD_SORT)},
                                       ConsistentRead=True)
         item = response.get("Item")
         if not item:
@@ -580,7 +579,7 @@ class Store:
             if state is None or state.state == ABORTED:
                 return str(plain["prev"]) if plain.get("prev") else None
             if state.state == PENDING:
-                raise Locked(tenant, txid, self._s.index_table, {"pk": partition, "sk": "-"})
+                raise Locked(tenant, txid, self._s.index_table, {"pk": partition, "sk": GUARD_SORT})
         return str(plain["rid"])
 
     def index_delete(self, ref: str) -> dict[str, Any]:
@@ -588,21 +587,21 @@ class Store:
         return {"Delete": {"TableName": self._s.index_table,
                            "Key": {"pk": _av(entry.partition), "sk": _av(entry.sort)}}}
 
-    def resource_write_items(self, write: ResourceWrite, recorded_key: str) -> list[dict[str, Any]]:
-        """The TransactWriteItems entries of one resource write (also used inside larger transactions)."""
+    def write_plan(self, write: ResourceWrite, recorded_key: str) -> WritePlan:
+        """Every item of one resource write (esus.storage.write_plan), its version encoded once per write:
+        callers may plan twice (index items in or beside the transaction)."""
         v = write.version
-        pk = resource_key(write.tenant, v.resource_type, v.resource_id)
-        if write.encoded is None:  # once per write: callers may build the items twice (index in or beside)
+        if write.encoded is None:
             write.encoded = self.encode_version(write.tenant, v)
-        attrs = write.encoded
-        # One item per key: two values whose truncated tokens collide share one index item, and one
-        # transaction must not touch an item twice (DynamoDB rejects the whole call).
-        entries = unique_entries(write.index_entries)
-        new_refs = [e.ref for e in (*entries, *unique_entries(write.deferred_index))]
-        current = _item({"pk": pk, **attrs, "idx": new_refs or None})
+        provenance = self.provenance_item(write.tenant, write.provenance, recorded_key, write.provenance_index_kv)
+        return plan_write(write, resource_key(write.tenant, v.resource_type, v.resource_id), write.encoded, provenance)
+
+    def resource_write_items(self, write: ResourceWrite, recorded_key: str) -> list[dict[str, Any]]:
+        """The TransactWriteItems entries of one resource write (also used inside small transaction Bundles)."""
+        plan = self.write_plan(write, recorded_key)
         put_current: dict[str, Any] = {
             "TableName": self._s.resources_table,
-            "Item": current,
+            "Item": _item(plan.current),
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
         if write.expected_version is None:
@@ -615,20 +614,18 @@ class Store:
                 values[":deleted"] = _av(write.expected_deleted)
             put_current["ConditionExpression"] = condition
             put_current["ExpressionAttributeValues"] = values
-        history = _item({"pk": pk, **attrs, "m": v.method, "st": v.status})
         old_refs = set(write.stale_index_refs)
-        items: list[dict[str, Any]] = [
+        # The current item first: transact() reads a lost race's current version from its cancellation reason.
+        return [
             {"Put": put_current},
-            {"Put": {"TableName": self._s.history_table, "Item": history,
-                     "ConditionExpression": "attribute_not_exists(pk)"}},
-            self.provenance_put(write.tenant, write.provenance, recorded_key, write.provenance_index_kv),
-            *(self.index_put(e) for e in unique_entries(write.provenance_index)),
-            *(self.index_put(e) for e in write.change_log),
-            *([self._guard_put(write)] if write.unique_guard else []),
-            *(self.index_put(e) for e in entries if e.ref not in old_refs),
-            *(self.index_delete(ref) for ref in sorted(old_refs - set(new_refs))),
+            self._put_new(self._s.history_table, plan.history),
+            self._put_new(self._s.provenance_table, plan.provenance),
+            *(self.index_put(e) for e in plan.provenance_index),
+            *(self.index_put(e) for e in plan.change_log),
+            *([self.guard_put(plan.guard, plan.guard_stale)] if plan.guard else []),
+            *(self.index_put(e) for e in plan.search_index if e.ref not in old_refs),
+            *(self.index_delete(ref) for ref in sorted(old_refs - set(plan.index_refs))),
         ]
-        return items
 
     # ---------- maintenance: re-encryption after a root-key rotation ----------
     def scan(self, table: str) -> Iterator[dict[str, Any]]:
@@ -688,14 +685,15 @@ class Store:
         move its index items to current-version tokens), conditioned on the version it had."""
         if "tx" in item or not self._is_stale(item, current_kv):
             return False  # a large transaction's item: its roll-forward or roll-back rewrites it
-        tenant, resource_type, resource_id = str(item["pk"]).split("|", 2)
+        pk = str(item["pk"])
+        tenant, resource_type, resource_id = split_resource_key(pk)
         version = self._version(tenant, resource_type, resource_id, item)
         attrs = self.encode_version(tenant, version)
         new_entries = index_entries(tenant, version) if index_entries else []
         new_refs = [e.ref for e in new_entries]
         old_refs = set(version.index_refs)
-        extra = {"idx": new_refs or None} if index_entries else {"m": version.method, "st": version.status}
-        put = {"TableName": table, "Item": _item({"pk": item["pk"], **attrs, **extra}),
+        resealed = current_item(pk, attrs, new_refs) if index_entries else history_item(pk, attrs, version)
+        put = {"TableName": table, "Item": _item(resealed),
                "ConditionExpression": "v = :v AND attribute_not_exists(tx)",
                "ExpressionAttributeValues": {":v": _av(version.version)}}
         # Search index items go beside the transaction (a Patient has more than one transaction holds):
@@ -733,15 +731,9 @@ class Store:
 
     @staticmethod
     def require_fits(items: list[dict[str, Any]]) -> None:
-        """413 before anything is written (callers that write beside the transaction check first)."""
+        """Refused before anything is written (callers that write beside the transaction check first)."""
         if len(items) > TRANSACTION_ITEM_LIMIT:
-            raise PayloadTooLarge(
-                f"This write needs {len(items)} DynamoDB items (each resource version writes its current and "
-                "history items, two change-log items, and a Provenance with one index item per target and "
-                f"agent); one atomic transaction holds at most {TRANSACTION_ITEM_LIMIT}. Nothing was stored. "
-                "Send fewer Provenance targets or agents, or split a transaction Bundle into smaller "
-                "transactions or a batch."
-            )
+            raise TooManyItems(len(items), TRANSACTION_ITEM_LIMIT)
 
     def transact(self, items: list[dict[str, Any]], token: str) -> None:
         """One all-or-nothing TransactWriteItems. The token makes a retried call idempotent.
@@ -776,11 +768,6 @@ def _raise_if_locked(items: list[dict[str, Any]], reasons: Sequence[Any]) -> Non
             body = next(iter(op.values()))
             key: dict[str, Any] = {k: old[k] for k in ("pk", "sk") if k in old}
             raise Locked(key_tenant(str(old["pk"])), str(old["tx"]), str(body["TableName"]), key)
-
-
-def unique_entries(entries: Sequence[IndexEntry]) -> list[IndexEntry]:
-    """Index entries without repeats of the same item (partition + sort key), in their first order."""
-    return list({entry.ref: entry for entry in entries}.values())
 
 
 def _binary_map(value: Any) -> dict[str, bytes]:

@@ -19,28 +19,24 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from esus.errors import Conflict
 from esus.model import IndexEntry, ResourceWrite, Version
 from esus.settings import Settings
+from esus.storage.errors import Locked, TransactionAborted, TransactionBusy, TransientConflict, WriteConflict
 from esus.storage.store import (
     ABORTED,
-    ALL_TYPES,
     BATCH_WRITE_LIMIT,
     COMMITTED,
     PENDING,
     TRANSACTION_ITEM_LIMIT,
-    Locked,
     Store,
-    TransientConflict,
     _av,
     _item,
     _plain,
-    change_log_partition,
-    change_log_sort,
+    change_log_entries,
     resource_key,
     transaction_partition,
-    unique_entries,
 )
+from esus.storage.write_plan import current_from_history, index_item, index_key
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +44,6 @@ WORKERS = 16  # concurrent DynamoDB calls per wave (the client's connection pool
 CHUNK_BYTES = 3_500_000  # TransactWriteItems takes at most 4 MB
 FINISHED_RECORD_SECONDS = 86_400  # a finished record is kept a day (readers met its items), then TTL removes it
 ROLL_FORWARD_ATTEMPTS = 3
-
-
-class TransactionBusy(Conflict):
-    """Another transaction holds an item this write needs, and its lease has not ended."""
-
-    def __init__(self) -> None:
-        super().__init__("Another transaction in progress holds a resource this request changes; nothing was "
-                         "stored. Retry.", headers={"Retry-After": "1"})
-
-
-class TransactionAborted(Conflict):
-    """This transaction was aborted (it met a conflict, or its lease ended before it could commit)."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(f"{why}; nothing was stored. Retry.", headers={"Retry-After": "1"})
 
 
 @dataclass(frozen=True)
@@ -91,10 +72,10 @@ class EntryRef:
         return cls(resource_type, resource_id, int(version), last_updated, provenance_id, "c" in flags,
                    "d" in flags, guard, guard_prev)
 
-    def change_log_keys(self, tenant: str) -> list[dict[str, str]]:
-        version = Version(self.resource_type, self.resource_id, self.version, self.last_updated, self.deleted, None)
-        sort = change_log_sort(version)
-        return [{"pk": change_log_partition(tenant, level), "sk": sort} for level in (ALL_TYPES, self.resource_type)]
+    def change_log(self, tenant: str) -> list[IndexEntry]:
+        return change_log_entries(tenant, Version(
+            resource_type=self.resource_type, resource_id=self.resource_id, version=self.version,
+            last_updated=self.last_updated, deleted=self.deleted, resource=None))
 
 
 @dataclass(frozen=True)
@@ -170,7 +151,7 @@ class TransactionStore:
     # ---------- the writer ----------
     def commit(self, tenant: str, writes: Sequence[tuple[ResourceWrite, str]]) -> str:
         """All of `writes` (each with its Provenance's recorded key) or none; returns the transaction id.
-        Raises VersionConflict or Locked/TransactionBusy-derived Conflicts when it had to abort."""
+        Raises a WriteConflict (VersionConflict, TransactionBusy, TransactionAborted) when it had to abort."""
         txid = str(uuid.uuid4())
         started = self.clock()
         expires = math.ceil(started + self.lease)
@@ -203,12 +184,11 @@ class TransactionStore:
         return txid
 
     def _staged(self, txid: str, write: ResourceWrite, recorded_key: str) -> _Staged:
-        s, v, tenant = self._s, write.version, write.tenant
-        pk = resource_key(tenant, v.resource_type, v.resource_id)
-        attrs = self._store.encode_version(tenant, v)
-        search = unique_entries([*write.index_entries, *write.deferred_index])
-        history = {"pk": pk, **attrs, "m": v.method, "st": v.status, "idx": [e.ref for e in search] or None,
-                   "tx": txid}
+        s, v = self._s, write.version
+        plan = self._store.write_plan(write, recorded_key)
+        pk = plan.pk
+        # The pending history item lists `idx` too: the roll-forward makes the current item from it.
+        history = {**plan.history, "idx": plan.index_refs or None, "tx": txid}
         ops: list[dict[str, Any]] = []
         if write.expected_version is None:
             ops.append({"Put": {"TableName": s.resources_table, "Item": _item({"pk": pk, "tx": txid, "txv": v.version}),
@@ -231,27 +211,16 @@ class TransactionStore:
                             "ConditionExpression": "attribute_not_exists(pk)",
                             "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}})
         guard, guard_prev = "", ""
-        if write.unique_guard is not None:
-            guard, stale = write.unique_guard
-            guard_prev = stale or ""
-            put: dict[str, Any] = {
-                "TableName": s.index_table, "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                "Item": _item({"pk": guard, "sk": "-", "rid": v.resource_id, "tx": txid, "prev": stale})}
-            if stale is None:
-                put["ConditionExpression"] = "attribute_not_exists(pk)"
-            else:
-                put["ConditionExpression"] = "rid = :stale AND attribute_not_exists(tx)"
-                put["ExpressionAttributeValues"] = {":stale": _av(stale)}
-            ops.append({"Put": put})
-        provenance_index = unique_entries(write.provenance_index)
-        record_put = self._store.provenance_put(tenant, write.provenance, recorded_key, write.provenance_index_kv)
-        provenance = {**_plain(record_put["Put"]["Item"]),
-                      "tx": txid, "pidx": [e.ref for e in provenance_index] or None}
-        marked = [{**_index_item(e), "tx": txid} for e in (*write.change_log, *provenance_index)]
+        if plan.guard is not None:  # `prev`: whom a roll-back gives the guard back to
+            guard, guard_prev = str(plan.guard["pk"]), plan.guard_stale or ""
+            ops.append(self._store.guard_put({**plan.guard, "tx": txid, "prev": plan.guard_stale}, plan.guard_stale))
+        provenance = {**plan.provenance, "tx": txid, "pidx": [e.ref for e in plan.provenance_index] or None}
+        marked = [{**index_item(e), "tx": txid} for e in (*plan.change_log, *plan.provenance_index)]
         ref = EntryRef(v.resource_type, v.resource_id, v.version, v.last_updated, str(write.provenance["id"]),
                        write.expected_version is None, v.deleted, guard, guard_prev)
-        size = len(attrs.get("doc", "")) + sum(len(b) for b in attrs.get("phi", {}).values()) + 1024
-        return _Staged(ref, pk, ops, history, provenance, marked, [_index_item(e) for e in search], size)
+        size = len(history.get("doc") or "") + sum(len(b) for b in (history.get("phi") or {}).values()) + 1024
+        search = [index_item(e) for e in (*plan.search_index, *plan.deferred_index)]
+        return _Staged(ref, pk, ops, history, provenance, marked, search, size)
 
     def _put_record(self, tenant: str, txid: str, expires: int, lines: list[str]) -> None:
         self._ddb.put_item(
@@ -292,7 +261,7 @@ class TransactionStore:
     def _first_failure(errors: Sequence[BaseException | None]) -> BaseException | None:
         """The failure to report: a conflict of a concurrent writer before anything else."""
         failures = [e for e in errors if e is not None]
-        for kind in (Locked, Conflict):
+        for kind in (Locked, WriteConflict):
             for failure in failures:
                 if isinstance(failure, kind):
                     return failure
@@ -360,7 +329,7 @@ class TransactionStore:
             pk = resource_key(tenant, ref.resource_type, ref.resource_id)
             history = histories.get(pk)
             if history is not None and history.get("tx") == txid:
-                final = {k: history.get(k) for k in ("pk", "v", "del", "lu", "doc", "phi", "idx")}
+                final = current_from_history(history)
                 calls.append(partial(self._put_if_locked, s.resources_table, {**final, **tag}, txid))
             if ref.guard:
                 calls.append(partial(self._release_guard, ref.guard, txid, None, keep=True))
@@ -371,11 +340,9 @@ class TransactionStore:
         marked_provenances = [p for p in provenances.values() if p.get("tx") == txid]
         # `pidx` stays on the record: a crash in this wave must not lose where its index items are
         puts += [(s.provenance_table, {**_without(p, "tx"), **tag}) for p in marked_provenances]
-        puts += [(s.index_table, {**_ref_key(ref), "rid": _ref_key(ref)["sk"].rsplit("|", 1)[-1], **tag})
+        puts += [(s.index_table, {**index_item(IndexEntry.from_ref(str(ref))), **tag})
                  for p in marked_provenances for ref in p.get("pidx") or ()]
-        for ref in refs:
-            puts += [(s.index_table, {**key, "rid": ref.resource_id, "del": True if ref.deleted else None, **tag})
-                     for key in ref.change_log_keys(tenant)]
+        puts += [(s.index_table, {**index_item(entry), **tag}) for ref in refs for entry in ref.change_log(tenant)]
         _raise_first(_run_all(self._batch_calls(
             [(table, {"PutRequest": {"Item": _item(item)}}) for table, item in puts])))
         self._finish(tenant, txid)
@@ -391,12 +358,13 @@ class TransactionStore:
         for ref in refs:
             pk = resource_key(tenant, ref.resource_type, ref.resource_id)
             calls.append(partial(self._delete_if_marked, s.history_table, {"pk": pk, "v": ref.version}, txid))
-            calls += [partial(self._delete_if_marked, s.index_table, key, txid) for key in ref.change_log_keys(tenant)]
+            calls += [partial(self._delete_if_marked, s.index_table, index_key(entry), txid)
+                      for entry in ref.change_log(tenant)]
         deletes: list[tuple[str, dict[str, Any]]] = []
         for ref in refs:
             record = provenances.get(ref.provenance_id)
             if record is not None and record.get("tx") == txid:
-                deletes += [(s.index_table, _ref_key(r)) for r in record.get("pidx") or ()]
+                deletes += [(s.index_table, index_key(IndexEntry.from_ref(str(r)))) for r in record.get("pidx") or ()]
                 deletes.append((s.provenance_table, {"pk": record["pk"]}))
         calls += self._batch_calls([(table, {"DeleteRequest": {"Key": _item(key)}}) for table, key in deletes])
         _raise_first(_run_all(calls))
@@ -544,7 +512,7 @@ class TransactionStore:
             return
         history = self._get(s.history_table, {"pk": locked.key["pk"], "v": current["txv"]})
         if history is not None and history.get("tx") == locked.txid:
-            final = {k: history.get(k) for k in ("pk", "v", "del", "lu", "doc", "phi", "idx")}
+            final = current_from_history(history)
             record = self.record(locked.tenant, locked.txid)
             expires = record.expires if record else math.ceil(self.clock())
             self._put_if_locked(s.resources_table, {**final, "ltx": locked.txid, "ltxe": expires}, locked.txid)
@@ -607,16 +575,6 @@ def _record(item: dict[str, Any]) -> Record:
     tenant = str(item["pk"]).rsplit("|", 1)[0]
     entries = tuple(EntryRef.parse(str(line)) for line in item.get("ents") or ())
     return Record(tenant, str(item["sk"]), str(item["st"]), int(item["exp"]), bool(item.get("fin")), entries)
-
-
-def _index_item(entry: IndexEntry) -> dict[str, Any]:
-    return {"pk": entry.partition, "sk": entry.sort, "rid": entry.resource_id,
-            "del": True if entry.deleted else None}
-
-
-def _ref_key(ref: str) -> dict[str, Any]:
-    partition, sort = str(ref).split("\n", 1)
-    return {"pk": partition, "sk": sort}
 
 
 def _without(item: dict[str, Any], *names: str) -> dict[str, Any]:
