@@ -26,7 +26,7 @@ import httpx
 import pytest
 from hypothesis import settings
 
-from esus_dev.localstack.moto_patches import serialise_in_process_mock
+from esus_dev.localstack import moto_patches
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ESUS_SHARED_DATA", REPO.parent / "shared"))
@@ -41,8 +41,11 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "esus-tests")
 
-# In-process moto (handler and infra tests) sees ESUS's concurrent calls; moto is not thread-safe.
-serialise_in_process_mock()
+# In-process moto (handler and infra tests) sees ESUS's concurrent calls; moto is not thread-safe. And it runs
+# with the local stack's patches (esus_dev.localstack.moto_patches), as fast as the stack's own moto: unpatched,
+# each transaction deep-copied whole tables and each read went through moto's slow generic serializer.
+moto_patches.serialise_in_process_mock()
+moto_patches.install()
 
 # Property tests run their full example counts in CI (CI=true) and a fifth of them in a developer's run;
 # HYPOTHESIS_PROFILE=ci|dev chooses explicitly. Tests state their CI count through `examples()`.
