@@ -38,23 +38,25 @@ def check_moto_version() -> str:
     return version
 
 
+# One lock for every call into moto in this process: the embedded server's requests and in-process mocked calls
+# (the local stack's own functions use both at once, on the same backends).
+MOTO_LOCK = threading.RLock()
+
+
 def serialise_in_process_mock() -> None:
     """moto.mock_aws answers in the calling thread and is not thread-safe, while ESUS makes concurrent calls
     (search lookups, index items written beside a transaction). The local stack's server serialises every
-    call with one lock; in-process mocks (handler and infra tests) get the same: one lock around moto's
-    botocore stub, the single entry point of a mocked call. Idempotent."""
-    import threading
-
+    call with one lock; in-process mocks (handler and infra tests, the local stack's own functions) take the same
+    lock around moto's botocore stub, the single entry point of a mocked call. Idempotent."""
     from moto.core.botocore_stubber import BotocoreStubber
 
     check_moto_version()
     call = BotocoreStubber.__call__
     if getattr(call, "esus_serialised", False):
         return
-    lock = threading.RLock()
 
     def serialised(self: Any, event_name: str, request: Any, **kwargs: Any) -> Any:
-        with lock:
+        with MOTO_LOCK:
             return call(self, event_name, request, **kwargs)
 
     serialised.esus_serialised = True  # type: ignore[attr-defined]
