@@ -61,7 +61,41 @@ def examples(ci_count: int) -> int:
     return ci_count if HYPOTHESIS_PROFILE == "ci" else max(10, ci_count // 5)
 
 
+# The longest test files (seconds of one worker, CI=true, measured with --durations=0), started first: with -n 2
+# and whole files per worker (--dist loadfile), a long file started last is a long tail with one worker idle.
+# Every other file follows in collection order. Re-measure when a file's time changes a lot.
+LONGEST_FILES_FIRST = (
+    "tests/e2e/test_schemathesis.py",  # ~75 s
+    "tests/e2e/test_import.py",  # ~55 s
+    "tests/e2e/test_transactions.py",  # ~45 s
+    "tests/handlers/test_transactions.py",  # ~27 s
+    "tests/handlers/test_verify.py",  # ~19 s
+    "tests/e2e/test_phi.py",  # ~18 s
+    "tests/infra/test_moto_stack.py",  # ~18 s
+    "tests/handlers/test_search_crashes.py",  # ~16 s
+    "tests/e2e/test_all_types.py",  # ~15 s
+    "tests/e2e/test_cli.py",  # ~13 s
+    "tests/handlers/test_fuzz_bundles.py",  # ~13 s
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order below (not by test count)
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _longest_files_first(items)
+    _unique_node_ids(items)
+
+
+def _longest_files_first(items: list[pytest.Item]) -> None:
+    rank = {path: n for n, path in enumerate(LONGEST_FILES_FIRST)}
+    position = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.nodeid.split("::", 1)[0], len(rank)), position[id(item)]))
+
+
+def _unique_node_ids(items: list[pytest.Item]) -> None:
     """schemathesis names each operation's item `test[GET /x]`, but pytest 9.2 builds node ids from the original
     name and a callspec it does not have, so all operations share one id, and pytest-xdist, which schedules by
     id, would run one operation sixteen times. Give them ids from their names (pytest's private `_id`; a
