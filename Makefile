@@ -36,9 +36,9 @@ TEST_SELECTION ?= -m "not slow"
 test: lint typecheck
 	$(BIN)/pytest -n $(TEST_WORKERS) --durations=15 $(TEST_SELECTION)
 
-# The inner loop: unit tests and the in-process handler tests, no local stack.
+# The inner loop: unit tests and the in-process handler tests, no local stack (on the same workers as `make test`).
 unit: setup
-	$(BIN)/pytest tests/unit tests/handlers
+	$(BIN)/pytest -n $(TEST_WORKERS) tests/unit tests/handlers
 
 # `make test` with the whole Synthea corpus imported (instead of a sample holding every resource type) and the
 # whole-corpus search checks (marked slow).

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from hypothesis import settings
 
-from esus_dev.localstack.moto_patches import serialise_in_process_mock
+from esus_dev.localstack import moto_patches
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ESUS_SHARED_DATA", REPO.parent / "shared"))
@@ -41,8 +41,11 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "esus-tests")
 
-# In-process moto (handler and infra tests) sees ESUS's concurrent calls; moto is not thread-safe.
-serialise_in_process_mock()
+# In-process moto (handler and infra tests) sees ESUS's concurrent calls; moto is not thread-safe. And it runs
+# with the local stack's patches (esus_dev.localstack.moto_patches), as fast as the stack's own moto: unpatched,
+# each transaction deep-copied whole tables and each read went through moto's slow generic serializer.
+moto_patches.serialise_in_process_mock()
+moto_patches.install()
 
 # Property tests run their full example counts in CI (CI=true) and a fifth of them in a developer's run;
 # HYPOTHESIS_PROFILE=ci|dev chooses explicitly. Tests state their CI count through `examples()`.
@@ -58,7 +61,41 @@ def examples(ci_count: int) -> int:
     return ci_count if HYPOTHESIS_PROFILE == "ci" else max(10, ci_count // 5)
 
 
+# The longest test files (seconds of one worker, CI=true, measured with --durations=0), started first: with -n 2
+# and whole files per worker (--dist loadfile), a long file started last is a long tail with one worker idle.
+# Every other file follows in collection order. Re-measure when a file's time changes a lot.
+LONGEST_FILES_FIRST = (
+    "tests/e2e/test_schemathesis.py",  # ~75 s
+    "tests/e2e/test_import.py",  # ~55 s
+    "tests/e2e/test_transactions.py",  # ~45 s
+    "tests/handlers/test_transactions.py",  # ~27 s
+    "tests/handlers/test_verify.py",  # ~19 s
+    "tests/e2e/test_phi.py",  # ~18 s
+    "tests/infra/test_moto_stack.py",  # ~18 s
+    "tests/handlers/test_search_crashes.py",  # ~16 s
+    "tests/e2e/test_all_types.py",  # ~15 s
+    "tests/e2e/test_cli.py",  # ~13 s
+    "tests/handlers/test_fuzz_bundles.py",  # ~13 s
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order below (not by test count)
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _longest_files_first(items)
+    _unique_node_ids(items)
+
+
+def _longest_files_first(items: list[pytest.Item]) -> None:
+    rank = {path: n for n, path in enumerate(LONGEST_FILES_FIRST)}
+    position = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.nodeid.split("::", 1)[0], len(rank)), position[id(item)]))
+
+
+def _unique_node_ids(items: list[pytest.Item]) -> None:
     """schemathesis names each operation's item `test[GET /x]`, but pytest 9.2 builds node ids from the original
     name and a callspec it does not have, so all operations share one id, and pytest-xdist, which schedules by
     id, would run one operation sixteen times. Give them ids from their names (pytest's private `_id`; a

@@ -51,10 +51,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     stack = LocalStack(_repo())
     server = stack.serve(args.host, args.port)  # listen first: a taken port fails before anything starts
     try:
-        stack.start()
+        stack.start(in_process_aws=True)
         port = server.server_port
         base = f"http://{args.host}:{port}/fhir"
-        state = {"base_url": base, "port": port, "pid": os.getpid(), "aws_endpoint": os.environ["AWS_ENDPOINT_URL"],
+        state = {"base_url": base, "port": port, "pid": os.getpid(), "aws_endpoint": stack.aws_endpoint,
                  **stack.physical_names()}
         state_file = stackstate.write_state(dev_dir(), port, state)
         token = mint_token("acme", "user/*.*", "Practitioner/dev", lifetime_seconds=12 * 3600)

@@ -74,7 +74,9 @@ def local(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessS
     saved = dict(os.environ)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("ESUS_DEV_DIR", str(tmp_path))
-    with mock_aws():
+    # boto3's default session survives between tests (moto resets it by default): a fresh one re-reads botocore's
+    # service models for every client, most of this fixture's time. Credentials and data are moto's either way.
+    with mock_aws(config={"core": {"reset_boto3_session": False}}):
         import boto3
 
         stack = LocalStack(REPO, prefix=f"h{os.getpid()}")

@@ -61,6 +61,12 @@ NOT_CREATED_BY_MOTO = {
 
 
 def load_raw_template() -> dict[str, Any]:
+    """template.yaml as read (a fresh copy each call: the file is parsed once per session)."""
+    return copy.deepcopy(_parsed_template())
+
+
+@lru_cache(maxsize=1)
+def _parsed_template() -> dict[str, Any]:
     from esus_dev.localstack.template import load_template
 
     return load_template(TEMPLATE)

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import tomllib
 from importlib import metadata
 from typing import Any
 
 import boto3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from moto import mock_aws
 from packaging.requirements import Requirement
 
 from esus_dev.localstack import moto_patches
-from tests.conftest import REPO
+from tests.conftest import REPO, examples
 
 
 def test_installed_moto_is_the_tested_and_pinned_version() -> None:
@@ -182,3 +185,65 @@ def test_a_query_reads_only_its_partition_with_the_same_results() -> None:
         finally:
             table.items[other] = saved
         assert len(ddb.scan(TableName="idx")["Items"]) == 15  # a Scan still sees every item
+
+
+_SCALARS = st.one_of(
+    st.builds(lambda s: {"S": s}, st.text(max_size=8)),
+    st.builds(lambda n: {"N": str(n)}, st.integers() | st.decimals(allow_nan=False, allow_infinity=False)),
+    st.builds(lambda b: {"B": b}, st.binary(max_size=12)),
+    st.builds(lambda b: {"BOOL": b}, st.booleans()),
+    st.just({"NULL": True}),
+    st.builds(lambda v: {"SS": v}, st.lists(st.text(max_size=5), min_size=1, max_size=3, unique=True)),
+    st.builds(lambda v: {"NS": [str(n) for n in v]}, st.lists(st.integers(), min_size=1, max_size=3, unique=True)),
+    st.builds(lambda v: {"BS": v}, st.lists(st.binary(max_size=5), min_size=1, max_size=3, unique=True)),
+)
+_ATTRIBUTE_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.builds(lambda m: {"M": m}, st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    st.builds(lambda v: {"L": v}, st.lists(inner, max_size=3))), max_leaves=12)
+
+
+def _serialized(operation: str, result: dict[str, Any], fast: bool) -> Any:
+    """`result` as moto's DynamoDB JSON serializer writes it, with or without the fast path."""
+    from moto.core.responses import ActionContext, ActionResult
+    from moto.core.serialize import BaseJSONSerializer, get_serializer_class
+    from moto.core.utils import get_service_model
+
+    patched = BaseJSONSerializer._serialize_type_structure
+    original = getattr(patched, "__wrapped__", patched)
+    model = get_service_model("dynamodb")
+    context = ActionContext(model, model.operation_model(operation), get_serializer_class("dynamodb", "json"), None)
+    BaseJSONSerializer._serialize_type_structure = patched if fast else original  # type: ignore[method-assign]
+    try:
+        return ActionResult(result).execute_result(context)
+    finally:
+        BaseJSONSerializer._serialize_type_structure = patched  # type: ignore[method-assign]
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(items=st.lists(st.dictionaries(st.text(min_size=1, max_size=4), _ATTRIBUTE_VALUES, max_size=4), max_size=3))
+def test_fast_attribute_values_serialise_exactly_as_moto_does(items: list[dict[str, Any]]) -> None:
+    moto_patches.install_fast_attribute_values()
+    moto_patches.install_fast_attribute_values()  # idempotent
+    for operation, result in (("Query", {"Items": items, "Count": len(items)}),
+                              ("GetItem", {"Item": items[0]} if items else {}),
+                              ("BatchGetItem", {"Responses": {"t": items}})):
+        fast = _serialized(operation, result, fast=True)
+        assert fast == _serialized(operation, result, fast=False)
+        assert json.loads(fast[2]) == json.loads(_serialized(operation, result, fast=False)[2])
+
+
+def test_the_serializer_internals_the_fast_path_relies_on_are_unchanged() -> None:
+    from moto.core.serialize import BaseJSONSerializer, get_serializer_class
+    from moto.core.utils import get_service_model
+
+    moto_patches.install_fast_attribute_values()
+    patched = BaseJSONSerializer._serialize_type_structure
+    assert patched.esus_fast_attribute_values  # type: ignore[attr-defined]
+    original = patched.__wrapped__  # type: ignore[attr-defined]
+    assert list(inspect.signature(original).parameters) == ["self", "serialized", "value", "shape", "key"]
+    assert issubclass(get_serializer_class("dynamodb", "json"), BaseJSONSerializer)
+    shape = get_service_model("dynamodb").shape_for("AttributeValue")
+    assert set(shape.members) == {"S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"}
+    # The only transformation the fast path makes: blobs are base64 (moto's own serializer, unpatched).
+    unpatched = _serialized("GetItem", {"Item": {"b": {"B": b"\x00\xff"}}}, fast=False)
+    assert unpatched[2] == '{"Item": {"b": {"B": "AP8="}}}'

@@ -1,15 +1,16 @@
 """The places the local stack and the tests reach into moto's internals, behind a version check.
 
-Both patches depend on moto's private code, which may change in any release: `install()` refuses to run on a
+The patches depend on moto's private code, which may change in any release: `install()` refuses to run on a
 moto version they were not tested with (TESTED_MOTO_VERSIONS; pyproject.toml pins the same version), and
 tests/unit/test_moto_patches.py fails on an upgrade until the internals are re-checked.
 
 To upgrade moto: bump the pin in pyproject.toml, check that moto's DynamoDBBackend.transact_write_items still
 backs up whole tables with the module-global `copy.deepcopy`, that moto.core.model_instances still keeps
-`instances_tracked` lists, that Table.query still finds its partition through `self.all_items()` and that
-moto.core.botocore_stubber.BotocoreStubber.__call__(event_name, request, **kwargs) still answers mocked calls,
-run tests/unit/test_moto_patches.py and tests/e2e/test_concurrency.py (it proves the rollback), then add the
-version here.
+`instances_tracked` lists, that BaseJSONSerializer._serialize_type_structure(serialized, value, shape, key) still
+serialises DynamoDB's AttributeValue structures, that Table.query still finds its partition through
+`self.all_items()` and that moto.core.botocore_stubber.BotocoreStubber.__call__(event_name, request, **kwargs)
+still answers mocked calls, run tests/unit/test_moto_patches.py and tests/e2e/test_concurrency.py (it proves the
+rollback), then add the version here.
 """
 
 from __future__ import annotations
@@ -37,23 +38,25 @@ def check_moto_version() -> str:
     return version
 
 
+# One lock for every call into moto in this process: the embedded server's requests and in-process mocked calls
+# (the local stack's own functions use both at once, on the same backends).
+MOTO_LOCK = threading.RLock()
+
+
 def serialise_in_process_mock() -> None:
     """moto.mock_aws answers in the calling thread and is not thread-safe, while ESUS makes concurrent calls
     (search lookups, index items written beside a transaction). The local stack's server serialises every
-    call with one lock; in-process mocks (handler and infra tests) get the same: one lock around moto's
-    botocore stub, the single entry point of a mocked call. Idempotent."""
-    import threading
-
+    call with one lock; in-process mocks (handler and infra tests, the local stack's own functions) take the same
+    lock around moto's botocore stub, the single entry point of a mocked call. Idempotent."""
     from moto.core.botocore_stubber import BotocoreStubber
 
     check_moto_version()
     call = BotocoreStubber.__call__
     if getattr(call, "esus_serialised", False):
         return
-    lock = threading.RLock()
 
     def serialised(self: Any, event_name: str, request: Any, **kwargs: Any) -> Any:
-        with lock:
+        with MOTO_LOCK:
             return call(self, event_name, request, **kwargs)
 
     serialised.esus_serialised = True  # type: ignore[attr-defined]
@@ -62,10 +65,73 @@ def serialise_in_process_mock() -> None:
 
 
 def install() -> None:
-    """Both patches; idempotent. Raises UntestedMotoVersion on a moto they were not tested with."""
+    """Every patch; idempotent. Raises UntestedMotoVersion on a moto they were not tested with."""
     check_moto_version()
     install_item_level_transaction_rollback()
     install_partition_query()
+    install_fast_attribute_values()
+
+
+def _attribute_value_on_the_wire(value: Any) -> dict[str, Any] | None:
+    """One DynamoDB AttributeValue as moto's generic serializer writes it (blobs base64, numbers and strings as
+    strings, maps and lists recursively), or None for anything not a plain one-type value (then moto's own
+    serializer answers)."""
+    if type(value) is not dict or len(value) != 1:
+        return None
+    ((kind, inner),) = value.items()
+    if inner is None:
+        return None
+    if kind in ("S", "N"):
+        return {kind: inner} if isinstance(inner, str) else None
+    if kind in ("NULL", "BOOL"):
+        return {kind: inner} if isinstance(inner, bool) else None
+    if kind == "B":
+        return {kind: _base64(inner)} if isinstance(inner, bytes | str) else None
+    if kind in ("SS", "NS"):
+        return {kind: list(inner)} if isinstance(inner, list) and all(isinstance(v, str) for v in inner) else None
+    if kind == "BS":
+        return {kind: [_base64(v) for v in inner]} if isinstance(inner, list) and all(
+            isinstance(v, bytes | str) for v in inner) else None
+    if kind == "M" and type(inner) is dict and "" not in inner:  # moto writes an empty name's value in place
+        members = {k: _attribute_value_on_the_wire(v) for k, v in inner.items()}
+        return None if any(v is None for v in members.values()) else {kind: members}
+    if kind == "L" and isinstance(inner, list):
+        elements = [_attribute_value_on_the_wire(v) for v in inner]
+        return None if any(v is None for v in elements) else {kind: elements}
+    return None
+
+
+def _base64(value: str | bytes) -> str:
+    import base64
+
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return base64.b64encode(raw).strip().decode("utf-8")
+
+
+def install_fast_attribute_values() -> None:
+    """moto 5.2 writes every DynamoDB response through a generic, shape-driven serializer that looks up each of an
+    AttributeValue's ten members under several aliases: a GetItem of a sealed Patient took ~15 ms, a Query or a
+    Scan of a few hundred items seconds, and reads, searches and every table scan of the tests spent most of
+    their time there. An AttributeValue is already in its wire form but for base64 blobs: write it directly, the
+    same JSON (tests/unit/test_moto_patches.py compares both on generated values)."""
+    from moto.core.serialize import BaseJSONSerializer
+
+    check_moto_version()
+    original = BaseJSONSerializer._serialize_type_structure
+    if getattr(original, "esus_fast_attribute_values", False):
+        return
+
+    def serialize_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
+        if key and shape.name == "AttributeValue" and self.service_model.service_name == "dynamodb":
+            wire = _attribute_value_on_the_wire(value)
+            if wire is not None:
+                serialized[shape.serialization.get("name", key)] = wire
+                return
+        original(self, serialized, value, shape, key)
+
+    serialize_structure.esus_fast_attribute_values = True  # type: ignore[attr-defined]
+    serialize_structure.__wrapped__ = original  # type: ignore[attr-defined]  # for the upgrade test
+    BaseJSONSerializer._serialize_type_structure = serialize_structure  # type: ignore[method-assign]
 
 
 def install_item_level_transaction_rollback() -> None:

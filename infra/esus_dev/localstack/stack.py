@@ -54,7 +54,7 @@ GATEWAY_MESSAGES = {
 CONTEXT_VARIABLE = re.compile(r"\$context\.([A-Za-z0-9_.]*[A-Za-z0-9_])|\$\{context\.([A-Za-z0-9_.]+)\}")
 
 
-def _locked(app: Callable[..., Iterable[bytes]], lock: threading.Lock) -> Callable[..., Iterable[bytes]]:
+def _locked(app: Callable[..., Iterable[bytes]], lock: threading.RLock) -> Callable[..., Iterable[bytes]]:
     def wrapper(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         with lock:
             body = [b"".join(app(environ, start_response))]
@@ -73,7 +73,7 @@ class EmbeddedMoto:
 
         moto_patches.install()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.lock = threading.Lock()
+        self.lock = moto_patches.MOTO_LOCK
         app = _locked(DomainDispatcherApplication(create_backend_app), self.lock)
         self._server = make_server("127.0.0.1", 0, app, threaded=True)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
@@ -105,6 +105,8 @@ class LocalStack:
             **(parameters or {}),
         }
         self.moto: EmbeddedMoto | None = None
+        self.aws_endpoint = ""  # where other processes reach this stack's AWS (the CLI, the tests' scans)
+        self._in_process_aws: Any = None
         self.routes: list[Route] = self.template.routes()
         self._modules: dict[str, ModuleType] = {}
         self._authorizer = self.template.authorizer_function()
@@ -117,14 +119,28 @@ class LocalStack:
         buckets = {lid: f"{self.prefix}-{_kebab(lid)}".lower() for lid in self.template.of_type("AWS::S3::Bucket")}
         return {**tables, **secrets, **buckets}
 
-    def start_aws(self) -> None:
+    def start_aws(self, in_process: bool = False) -> None:
+        """The embedded moto server (unless AWS_ENDPOINT_URL names another endpoint). `in_process`: this process's
+        own calls (the functions') go straight to the same moto backends, in-process, instead of over HTTP to the
+        server, which still answers other processes: the same moto, the same lock, without an HTTP round trip per
+        call (about a third of a request's time)."""
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
         os.environ.setdefault("AWS_DEFAULT_REGION", LOCAL_REGION)
-        if not os.environ.get("AWS_ENDPOINT_URL"):
+        if os.environ.get("AWS_ENDPOINT_URL"):
+            self.aws_endpoint = os.environ["AWS_ENDPOINT_URL"]
+        else:
             self.moto = EmbeddedMoto()
+            self.aws_endpoint = self.moto.endpoint
+            if in_process:
+                from moto import mock_aws
+
+                moto_patches.serialise_in_process_mock()
+                self._in_process_aws = mock_aws()
+                self._in_process_aws.start()
+            else:
+                os.environ["AWS_ENDPOINT_URL"] = self.moto.endpoint
             self.moto.start()
-            os.environ["AWS_ENDPOINT_URL"] = self.moto.endpoint
         self.create_resources()
 
     def create_resources(self) -> None:
@@ -194,8 +210,8 @@ class LocalStack:
         function = getattr(self.module(logical_id), spec.handler.split(".", 1)[1])
         return function(event, LambdaContext(logical_id, region=LOCAL_REGION))
 
-    def start(self) -> None:
-        self.start_aws()
+    def start(self, in_process_aws: bool = False) -> None:
+        self.start_aws(in_process_aws)
         self.configure_environment()
 
     # ---------- API Gateway ----------
@@ -227,6 +243,14 @@ class LocalStack:
         return GatewayResult(status, headers, body.encode())
 
     def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes, host: str) -> GatewayResult:
+        try:
+            return self._handle(method, raw_path, headers, body, host)
+        finally:
+            if self._in_process_aws is not None:  # as the server does after each of its requests
+                with moto_patches.MOTO_LOCK:
+                    moto_patches.forget_tracked_instances()
+
+    def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes, host: str) -> GatewayResult:
         url = urlsplit(raw_path)
         request_id = str(uuid.uuid4())
         route, path_params = self.match(method, url.path)

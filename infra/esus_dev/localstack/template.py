@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,12 @@ import yaml
 
 from esus_dev.localstack.lambda_runtime import handler_path
 
+# libyaml's parser when PyYAML has it (~5x faster: the template is read by every stack start and every in-process
+# handler test); the constructors, and so the result, are the same.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-class _CfnLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no type hints
+
+class _CfnLoader(_SafeLoader):  # type: ignore[misc,valid-type]  # PyYAML ships no type hints
     """YAML loader that understands CloudFormation short-form tags (!Ref, !GetAtt, !Sub, ...)."""
 
 
@@ -33,6 +39,13 @@ _CfnLoader.add_multi_constructor("!", _construct_tag)
 
 
 def load_template(path: Path) -> dict[str, Any]:
+    """The template as a fresh dict (parsed once per file version: in-process handler tests build a stack each)."""
+    stat = path.stat()
+    return copy.deepcopy(_parsed(path.resolve(), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=4)
+def _parsed(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     with path.open(encoding="utf-8") as handle:
         template: dict[str, Any] = yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
     return template
