@@ -11,7 +11,7 @@ export HOST PORT
 # pytest-xdist workers for `make test`: each runs whole test files with its own local stack (README "Tests").
 TEST_WORKERS ?= 2
 
-.PHONY: setup run test test-full lint typecheck unit bench template clean
+.PHONY: setup run test test-full lint typecheck unit handlers bench template clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,13 @@ TEST_SELECTION ?= -m "not slow"
 test: lint typecheck
 	$(BIN)/pytest -n $(TEST_WORKERS) --durations=15 $(TEST_SELECTION)
 
-# The inner loop: unit tests and the in-process handler tests, no local stack (on the same workers as `make test`).
+# The inner loop: the pure unit tests (under a minute). `make handlers`: the route handlers on in-process moto
+# (fault injection, fuzzing, the scope and BOLA matrices). Neither starts a local stack. Same workers as `make test`.
 unit: setup
-	$(BIN)/pytest -n $(TEST_WORKERS) tests/unit tests/handlers
+	$(BIN)/pytest -n $(TEST_WORKERS) tests/unit
+
+handlers: setup
+	$(BIN)/pytest -n $(TEST_WORKERS) tests/handlers
 
 # `make test` with the whole Synthea corpus imported (instead of a sample holding every resource type) and the
 # whole-corpus search checks (marked slow).
