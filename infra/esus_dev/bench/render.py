@@ -219,8 +219,8 @@ def render_cold(report: Report) -> list[str]:
                 "AWS calls in first request"], rows, "llrrrrrrrrll"),
         "",
         "- *of which boto3 calls* is the time inside the first request's AWS calls; the rest of the first "
-        "request is building the boto3 clients, deriving keys, loading the FHIR models and FHIRPath on first "
-        "use, and the handler's own work.",
+        "request is building the boto3 clients, deriving keys, loading the FHIR models on first use (the "
+        "writes that validate a body: create, update), and the handler's own work.",
         "- The bench runs as the local stack does, without tracing (`POWERTOOLS_TRACE_DISABLED`, and outside "
         "Lambda): the X-Ray SDK is not loaded. In Lambda, with tracing on, the Tracer loads it at import.",
         f"- What CreateFunction's first request imports (`python -X importtime`, self time per top-level package, "
