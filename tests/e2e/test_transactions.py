@@ -14,8 +14,8 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
+from esus.domain.fhir import reference_strings
 from tests.conftest import REPO, SYNTHEA, RunningStack, new_tenant
 
 
@@ -35,15 +35,6 @@ def _smallest_synthea(n: int) -> list[Path]:
     return sorted(patients, key=lambda p: len(json.loads(p.read_text(encoding="utf-8"))["entry"]))[:n]
 
 
-def _references(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        return [v for k, v in node.items() if k == "reference" and isinstance(v, str)] + \
-            [r for k, v in node.items() if k != "reference" for r in _references(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _references(v)]
-    return []
-
-
 def test_synthea_patient_bundles_commit_as_transactions_with_every_reference_resolved(stack: RunningStack) -> None:
     tenant = new_tenant()
     with stack.client(tenant) as client:
@@ -56,7 +47,8 @@ def test_synthea_patient_bundles_commit_as_transactions_with_every_reference_res
             assert {e["response"]["status"] for e in entries} == {"201 Created"}, path.name
             stored = [e["response"]["location"].rsplit("/_history", 1)[0] for e in entries]
             resources = {ref: client.get(f"/{ref}").json() for ref in stored}
-            targets = {r for resource in resources.values() for r in _references(resource) if not r.startswith("#")}
+            targets = {r for resource in resources.values() for r in reference_strings(resource)
+                       if not r.startswith("#")}
             assert targets, "Synthea resources reference each other"
             assert not [t for t in targets if t.startswith("urn:")], "an urn:uuid reference was left unresolved"
             assert targets <= set(stored), targets - set(stored)  # every one points at an entry just stored

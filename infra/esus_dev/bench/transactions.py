@@ -27,18 +27,11 @@ SYNTHEA = Path(os.environ.get("ESUS_SHARED_DATA", REPO.parent / "shared")) / "sy
 
 
 # ---------- the Bundles ----------
-def _references(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        return [v for k, v in node.items() if k == "reference" and isinstance(v, str)] + \
-            [r for k, v in node.items() if k != "reference" for r in _references(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _references(v)]
-    return []
-
-
 def synthea_entries(n: int) -> list[dict[str, Any]]:
     """n entries from the Synthea patient Bundles, whole Bundles first; an entry is taken only when every
     urn:uuid it references is an entry already taken (a transaction must resolve them all)."""
+    from esus.domain.fhir import reference_strings  # here: the cold-start child imports this module (stdlib only)
+
     entries: list[dict[str, Any]] = []
     paths = sorted(p for p in SYNTHEA.glob("*.json") if not p.name.startswith(("hospital", "practitioner")))
     for path in paths:
@@ -46,7 +39,7 @@ def synthea_entries(n: int) -> list[dict[str, Any]]:
         for entry in json.loads(path.read_text(encoding="utf-8"))["entry"]:
             if len(entries) == n:
                 return entries
-            refs = {r for r in _references(entry.get("resource")) if r.startswith("urn:uuid:")}
+            refs = {r for r in reference_strings(entry.get("resource")) if r.startswith("urn:uuid:")}
             if refs <= known:
                 entries.append(entry)
                 known.add(entry.get("fullUrl", ""))

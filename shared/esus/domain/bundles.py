@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from esus.domain.conditional import ConditionalService
-from esus.domain.fhir import RESOURCE_TYPES, now_instant, require_id
+from esus.domain.fhir import RESOURCE_TYPES, now_instant, reference_strings, require_id
 from esus.domain.resources import (
     LOCK_ATTEMPTS,
     ResourceService,
@@ -197,7 +197,7 @@ class BundleService:
         for entry in parsed:
             if entry.resource is None:
                 continue
-            for reference in _references(entry.resource):
+            for reference in reference_strings(entry.resource):
                 if reference not in assigned and reference not in conditional and _is_conditional(reference):
                     conditional[reference] = self._conditional.resolve_reference(
                         tenant, reference, contents, f"Bundle.entry[{entry.index}]")
@@ -358,24 +358,6 @@ def _if_match(request: dict[str, Any]) -> int | None:
     return int(match.group(1))
 
 
-def _references(resource: Any) -> list[str]:
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if k == "reference" and isinstance(v, str):
-                    found.append(v)
-                else:
-                    walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-
-    walk(resource)
-    return found
-
-
 def _is_conditional(reference: str) -> bool:
     """`Type?search` (Synthea's style for Organization and Practitioner), not an absolute URL."""
     resource_type, sep, query = reference.partition("?")
@@ -393,7 +375,7 @@ def _resolve_references(resource: dict[str, Any], targets: dict[str, str], index
         return value
 
     resolved: dict[str, Any] = walk(resource)
-    unresolved = [r for r in _references(resolved) if URN_UUID.match(r)]
+    unresolved = [r for r in reference_strings(resolved) if URN_UUID.match(r)]
     if unresolved:
         raise InvalidRequest(f"Bundle.entry[{index}]: reference {unresolved[0]} does not point at an entry of this "
                              "transaction")

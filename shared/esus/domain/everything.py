@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from esus.domain.compartment import PATIENT, compartment_types, in_compartment, may_see_type, visible
-from esus.domain.fhir import PROVENANCE, REFERENCE_PATTERN, SUPPORTED_TYPES
+from esus.domain.fhir import PROVENANCE, REFERENCE_PATTERN, SUPPORTED_TYPES, reference_strings
 from esus.domain.includes import IncludeService
 from esus.domain.params import instant_param, last_value, page_size
 from esus.domain.resources import ResourceService
@@ -163,14 +163,7 @@ def _changed_since(resource: dict[str, Any], since: str | None) -> bool:
 
 def _references(value: Any) -> Iterator[tuple[str, str]]:
     """(type, id) of every relative reference anywhere in a resource (contained and absolute ones skipped)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str):
-                match = REFERENCE_PATTERN.match(item.strip())
-                if match and not match.group("base"):
-                    yield match.group("type"), match.group("id")
-            else:
-                yield from _references(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _references(item)
+    for reference in reference_strings(value):
+        match = REFERENCE_PATTERN.match(reference.strip())
+        if match and not match.group("base"):
+            yield match.group("type"), match.group("id")

@@ -95,3 +95,14 @@ def parse_reference(value: str) -> tuple[str, str, int | None]:
 def now_instant() -> str:
     """FHIR instant with millisecond precision, UTC."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def reference_strings(value: Any) -> list[str]:
+    """Every `reference` string anywhere in a resource (contained resources and extensions included), in
+    document order."""
+    if isinstance(value, dict):
+        return [found for key, item in value.items()
+                for found in ([item] if key == "reference" and isinstance(item, str) else reference_strings(item))]
+    if isinstance(value, list):
+        return [found for item in value for found in reference_strings(item)]
+    return []
