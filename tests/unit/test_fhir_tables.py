@@ -11,6 +11,7 @@ from esus.domain.bindings import allowed_codes, code_issues
 from esus.domain.fhir import RESOURCE_TYPES, SUPPORTED_TYPES, validate_resource
 from esus.errors import InvalidRequest
 from esus.fhir_types import NOT_GENERIC, WITHOUT_R4B_MODEL
+from esus_dev.codegen import gen_fhir_shapes as shapes
 from esus_dev.codegen import gen_fhir_tables as gen
 from tests.conftest import EXAMPLES, SYNTHEA
 
@@ -121,3 +122,9 @@ def test_every_official_example_and_synthea_resource_holds_valid_codes() -> None
     assert len(resources) > 1000
     bad = {f"{r['resourceType']}/{r.get('id')}": code_issues(r["resourceType"], r) for r in resources}
     assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_fast_validation_table_is_current() -> None:
+    """fhir_shapes_r4b.json is what the installed fhir.resources models say (esus_dev.codegen.gen_fhir_shapes)."""
+    assert shapes.SHAPES_JSON.read_text(encoding="utf-8") == shapes.render(shapes.build()), \
+        "run python -m esus_dev.codegen.gen_fhir_shapes"

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from esus.domain.bindings import code_issues
+from esus.domain.fast_validation import proves_valid
 from esus.errors import InvalidRequest, Issue, NotFound
 from esus.fhir_types import RESOURCE_TYPES as RESOURCE_TYPES
 
@@ -49,7 +50,24 @@ def validate_resource(resource_type: str, body: Any) -> dict[str, Any]:
             f"resourceType '{str(found)[:64]}' does not match the URL type '{resource_type}'",
             [Issue("invalid", "resourceType does not match the URL", "resourceType")],
         )
-    # fhir.resources and pydantic build the model classes when imported (~100 ms of cold start): on first use.
+    if not proves_valid(resource_type, body):
+        _validate_with_models(resource_type, body)
+    issues = code_issues(resource_type, body)
+    if issues:
+        raise InvalidRequest(
+            f"The {resource_type} has {len(issues)} code(s) outside their required value set: {issues[0].diagnostics}",
+            issues,
+        )
+    if resource_type == "Bundle" and body.get("type") not in STORED_BUNDLE_TYPES:
+        message = (f"A Bundle of type '{str(body.get('type'))[:32]}' is not stored; a transaction or batch is "
+                   f"POSTed to the base URL. Stored Bundle types: {', '.join(STORED_BUNDLE_TYPES)}")
+        raise InvalidRequest(message, [Issue("invalid", message, "Bundle.type")])
+    return body
+
+
+def _validate_with_models(resource_type: str, body: dict[str, Any]) -> None:
+    """fhir.resources' verdict, with its problems as issues. Its models cost a cold function ~160 ms to import and
+    build, so they are loaded only for a body the fast check (esus.domain.fast_validation) cannot prove valid."""
     from fhir.resources.R4B import get_fhir_model_class
     from pydantic import ValidationError
 
@@ -62,17 +80,6 @@ def validate_resource(resource_type: str, body: Any) -> dict[str, Any]:
         ) from None
     except (ValueError, TypeError) as exc:  # some fhir.resources validators raise plain errors
         raise InvalidRequest(f"The {resource_type} is not valid FHIR R4: {str(exc)[:200]}") from None
-    issues = code_issues(resource_type, body)
-    if issues:
-        raise InvalidRequest(
-            f"The {resource_type} has {len(issues)} code(s) outside their required value set: {issues[0].diagnostics}",
-            issues,
-        )
-    if resource_type == "Bundle" and body.get("type") not in STORED_BUNDLE_TYPES:
-        message = (f"A Bundle of type '{str(body.get('type'))[:32]}' is not stored; a transaction or batch is "
-                   f"POSTed to the base URL. Stored Bundle types: {', '.join(STORED_BUNDLE_TYPES)}")
-        raise InvalidRequest(message, [Issue("invalid", message, "Bundle.type")])
-    return body
 
 
 def _issue_from_pydantic(resource_type: str, err: Any) -> Issue:
