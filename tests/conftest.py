@@ -116,6 +116,13 @@ def new_tenant() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+def created(client: Any, resource: dict[str, Any]) -> dict[str, Any]:
+    """POST a resource to its type's endpoint (an e2e client's base URL ends in /fhir); 201 or the test fails."""
+    response = client.post(f"/{resource['resourceType']}", json=resource)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
 @dataclass
 class RunningStack:
     base_url: str

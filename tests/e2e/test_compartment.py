@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RunningStack, new_tenant
+from tests.conftest import RunningStack, created, new_tenant
 
 CLASS = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}
 
@@ -48,9 +48,7 @@ def world(stack: RunningStack) -> dict[str, Any]:
     tenant = new_tenant()
     with stack.client(tenant) as client:
         def post(resource: dict[str, Any]) -> str:
-            response = client.post(f"/{resource['resourceType']}", json=resource)
-            assert response.status_code == 201, response.text
-            return str(response.json()["id"])
+            return str(created(client, resource)["id"])
 
         org = post({"resourceType": "Organization", "name": "Good Health"})
         unused_org = post({"resourceType": "Organization", "name": "Unreferenced"})

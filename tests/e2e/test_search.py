@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esus.domain.search_semantics import matches, parse_search
-from tests.conftest import RunningStack, new_tenant
+from tests.conftest import RunningStack, created, new_tenant
 from tests.e2e.phi_scan import NOISE
 
 LOINC = "http://loinc.org"
@@ -41,9 +41,7 @@ def data(stack: RunningStack) -> dict[str, Any]:
     tenant = new_tenant()
     with stack.client(tenant) as client:
         def post(resource: dict[str, Any]) -> str:
-            response = client.post(f"/{resource['resourceType']}", json=resource)
-            assert response.status_code == 201, response.text
-            return str(response.json()["id"])
+            return str(created(client, resource)["id"])
 
         p = {
             "peter": post(patient("Chalmers", ["Peter", "James"], "1974-12-25", "male")),

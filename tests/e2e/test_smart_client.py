@@ -12,7 +12,7 @@ from fhirclient.models.observation import Observation
 from fhirclient.models.patient import Patient
 from fhirclient.server import FHIRNotFoundException
 
-from tests.conftest import RunningStack, new_tenant
+from tests.conftest import RunningStack, created, new_tenant
 
 
 def smart_app(stack: RunningStack, tenant: str, patient_id: str, scope: str) -> client.FHIRClient:
@@ -29,9 +29,7 @@ def test_fhirclient_reads_its_patient_and_observations(stack: RunningStack, scop
     stored: dict[str, Any] = {}
     with stack.client(tenant) as admin:
         def post(resource: dict[str, Any]) -> dict[str, Any]:
-            response = admin.post(f"/{resource['resourceType']}", json=resource)
-            assert response.status_code == 201, response.text
-            return dict(response.json())
+            return created(admin, resource)
 
         me = post({"resourceType": "Patient", "name": [{"family": "Smart", "given": ["Sam"]}], "gender": "female",
                    "birthDate": "1980-02-29", "telecom": [{"system": "phone", "value": "+1 555 0111"}]})

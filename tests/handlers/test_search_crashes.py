@@ -138,8 +138,14 @@ def check_verify_and_repair(local: InProcessStack, key: str, missing: int, stale
     assert report.problems == missing_problems and len(missing_problems) == missing, report.problems
     assert report.tenant("acme").stale_index_items == stale
     check_searches(local, queries, references, exact=missing == 0)
+    check_repair(local, missing + stale, queries, references)
+
+
+def check_repair(local: InProcessStack, repairs: int, queries: list[tuple[str, dict[str, str]]],
+                 references: list[str]) -> None:
+    """`esus verify --repair-index` repairs exactly `repairs` items; then verify is clean and searches exact."""
     repaired = _verify(repair=True)
-    assert repaired.tenant("acme").repaired_index_items == missing + stale
+    assert repaired.tenant("acme").repaired_index_items == repairs
     after = _verify()
     assert after.ok and after.tenant("acme").stale_index_items == 0, after.problems
     check_searches(local, queries, references, exact=True)
@@ -238,8 +244,4 @@ def test_crash_during_a_transaction_bundle(local: InProcessStack, point: int) ->
     assert len(report.problems) == missing and all("is missing" in p for p in report.problems), report.problems
     assert report.tenant("acme").stale_index_items == old_o0
     check_searches(local, BUNDLE_QUERIES, BUNDLE_REFS, exact=missing == 0)
-    repaired = _verify(repair=True)
-    assert repaired.tenant("acme").repaired_index_items == missing + old_o0
-    after = _verify()
-    assert after.ok and after.tenant("acme").stale_index_items == 0, after.problems
-    check_searches(local, BUNDLE_QUERIES, BUNDLE_REFS, exact=True)
+    check_repair(local, missing + old_o0, BUNDLE_QUERIES, BUNDLE_REFS)
