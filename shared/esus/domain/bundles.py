@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from esus.domain.conditional import ConditionalService
-from esus.domain.fhir import RESOURCE_TYPES, now_instant, reference_strings, require_id
+from esus.domain.fhir import RESOURCE_TYPES, reference_strings, require_id
 from esus.domain.resources import (
     LOCK_ATTEMPTS,
     ResourceService,
@@ -257,8 +257,7 @@ class BundleService:
         if method == "DELETE":
             if current is None or current.deleted:
                 return EntryResult(204), None
-            version = Version(resource_type=resource_type, resource_id=resource_id, version=current.version + 1,
-                              last_updated=now_instant(), deleted=True, resource=None, method="DELETE", status=204)
+            version = self._resources.delete_version(current)
         else:
             assert entry.resource is not None
             if current is not None and not current.deleted and current.resource is not None \

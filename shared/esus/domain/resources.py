@@ -315,14 +315,19 @@ class ResourceService:
             _check_if_match(if_match, current, resource_type, resource_id)
             if current is None or current.deleted:
                 return None
-            version = Version(resource_type=resource_type, resource_id=resource_id, version=current.version + 1,
-                              last_updated=self._clock(), deleted=True, resource=None, method="DELETE", status=204)
+            version = self.delete_version(current)
             self._commit(principal, version, current.version, False, current.index_refs, x_provenance)
             return version
 
         return self._optimistic(resource_type, resource_id, if_match, attempt)
 
     # ---------- the one write path ----------
+    def delete_version(self, current: Version) -> Version:
+        """The version that deletes `current` (no resource; what a delete, alone or in a Bundle, writes)."""
+        return Version(resource_type=current.resource_type, resource_id=current.resource_id,
+                       version=current.version + 1, last_updated=self._clock(), deleted=True, resource=None,
+                       method="DELETE", status=204)
+
     def new_version(
         self, resource_type: str, resource_id: str, number: int, body: Any, method: str, status: int
     ) -> Version:
