@@ -58,3 +58,17 @@ def test_round_trips_in_sequence_count_side_by_side_calls_once() -> None:
     assert in_sequence([call((1, 1)), call((1, 1)), call((1, 2))], workers=8) == 2  # one task made two in a row
     assert in_sequence([call((1, t)) for t in range(10)], workers=4) == 3  # more tasks than workers
     assert in_sequence([call(None), call(None)], workers=8) == 2
+
+
+def test_waiting_on_aws_counts_calls_side_by_side_once() -> None:
+    """The cold table's AWS wait is the union of the calls' spans: five batches in flight together are one wait,
+    not five (summing them once reported more AWS time than the whole first request)."""
+    from esus_dev.bench.recorder import AwsCall, waiting_seconds
+
+    def call(started: float, seconds: float) -> AwsCall:
+        return AwsCall("dynamodb", "BatchWriteItem", {}, seconds=seconds, started=started)
+
+    assert waiting_seconds([]) == 0
+    side_by_side = [call(1.0, 0.5), call(1.1, 0.5), call(1.2, 0.1)]  # 1.0-1.6
+    assert abs(waiting_seconds([*side_by_side, call(2.0, 0.25)]) - 0.85) < 1e-9
+    assert abs(waiting_seconds([call(0.0, 1.0), call(0.2, 0.3)]) - 1.0) < 1e-9  # one inside another

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from esus_dev.bench import BARE_CODE_DIR, REPO
 from esus_dev.bench.gateway import Client, TableJanitor
 from esus_dev.bench.profile import package_self_times
-from esus_dev.bench.recorder import call_counts, install_default_session_recorder
+from esus_dev.bench.recorder import call_counts, install_default_session_recorder, waiting_seconds
 from esus_dev.bench.report import BARE, ColdRow, Report
 from esus_dev.bench.scenario import patient_body, revised
 from esus_dev.localstack.lambda_runtime import LambdaContext, load_handler
@@ -93,6 +93,11 @@ def init_s(result: dict[str, Any]) -> float:
     return float(result["import_s"] + result["first_request_s"])
 
 
+def own_init_s(result: dict[str, Any]) -> float:
+    """Init without the wall time spent waiting on AWS (moto here): the function's own work."""
+    return init_s(result) - float(result["aws_s"])
+
+
 def cold_phase(client: Client, report: Report, repeats: int) -> None:
     """Round 0 fills the bytecode and disk caches and is discarded; rounds 1..repeats are measured. Each
     function's child runs right next to a bare handler's child (alternating which goes first), and the ratios
@@ -143,6 +148,7 @@ def cold_phase(client: Client, report: Report, repeats: int) -> None:
             aws_calls=", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(results[-1]["calls"].items())) or "-",
             status=int(results[-1]["status"]),
             ratio=statistics.median(init_s(m) / init_s(b) for m, b in pairs),
+            own_ratio=statistics.median(own_init_s(m) / own_init_s(b) for m, b in pairs),
             import_ratio=statistics.median(m["import_s"] / b["import_s"] for m, b in pairs),
             primed_first_request_ms=(statistics.median(p["first_request_s"] + p["restore_s"] for p in primed[function])
                                      * 1000 if primed.get(function) else None),
@@ -187,5 +193,5 @@ def cold_child(function: str, event_file: str, code_dir: str | None, handler_set
     calls = recorder.take()
     print(json.dumps({
         "import_s": imported - started, "first_request_s": done - before_request, "status": status,
-        "calls": dict(call_counts(calls)), "aws_s": sum(c.seconds for c in calls), "restore_s": restore_s,
+        "calls": dict(call_counts(calls)), "aws_s": waiting_seconds(calls), "restore_s": restore_s,
     }))

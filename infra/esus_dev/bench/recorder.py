@@ -95,6 +95,17 @@ def sequential_round_trips(calls: Iterable[AwsCall]) -> int:
     return waves
 
 
+def waiting_seconds(calls: Iterable[AwsCall]) -> float:
+    """Wall time with at least one AWS call in flight (calls side by side overlap: their union, not their sum)."""
+    spans = sorted((c.started, c.started + c.seconds) for c in calls)
+    total, end = 0.0, float("-inf")
+    for start, stop in spans:
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
 _running = threading.local()  # the (wave, task) a pool thread is running, for the calls it makes
 
 

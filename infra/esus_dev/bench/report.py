@@ -127,6 +127,7 @@ class ColdRow:
     status: int
     ratio: float = 1.0  # median over pairs of (import + first request) / the bare handler's, run back to back
     import_ratio: float = 1.0  # the same for the import alone
+    own_ratio: float = 1.0  # the same without the time waiting on AWS (moto here) in either child
     primed_first_request_ms: float | None = None  # after esus.snapstart.prime (what a SnapStart restore leaves)
 
     @property
