@@ -233,3 +233,23 @@ def test_recorded_that_overflows_utc_is_not_a_500(checked: InProcessStack) -> No
     header = json.dumps({k: v for k, v in provenance.items() if k != "target"})
     result = local.request("POST", "/Patient", {"resourceType": "Patient"}, headers={"X-Provenance": header})
     assert result.status in (201, 400), result.body[:300]
+
+
+def test_contained_resource_of_an_unknown_type_is_a_400_not_a_500(checked: InProcessStack) -> None:
+    """fhir.resources looks a nested resource's type up in a table and raised a KeyError for an unknown one, which
+    reached the client as a 500. Contained, in a stored Bundle's entry, and in a transaction entry alike."""
+    local = checked
+    before = _counts(local)
+    bodies = [
+        ("/Patient", {"resourceType": "Patient", "contained": [{"resourceType": "Foo", "id": "x"}]}),
+        ("/Bundle", {"resourceType": "Bundle", "type": "collection",
+                     "entry": [{"resource": {"resourceType": "Nope"}}]}),
+        ("", {"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "resource": {"resourceType": "Patient", "contained": [{"resourceType": "Foo"}]},
+            "request": {"method": "POST", "url": "Patient"}}]}),
+    ]
+    for path, body in bodies:
+        result = local.request("POST", path, body)
+        assert result.status == 400, (path, result.status, result.body[:300])
+        assert "unknown" in _outcome_text(local, result).lower(), result.body[:300]
+    assert _counts(local) == before

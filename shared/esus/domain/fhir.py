@@ -80,6 +80,10 @@ def _validate_with_models(resource_type: str, body: dict[str, Any]) -> None:
         ) from None
     except (ValueError, TypeError) as exc:  # some fhir.resources validators raise plain errors
         raise InvalidRequest(f"The {resource_type} is not valid FHIR R4: {str(exc)[:200]}") from None
+    except KeyError:  # fhir_core looks a nested resource's type up in its table of models
+        message = (f"The {resource_type} holds a nested resource (contained, or in a Bundle entry) of an unknown "
+                   "resourceType")
+        raise InvalidRequest(message, [Issue("invalid", message, resource_type)]) from None
 
 
 def _issue_from_pydantic(resource_type: str, err: Any) -> Issue:
