@@ -4,10 +4,11 @@
 classes (infra/esus_dev/codegen/gen_fhir_shapes.py). It answers True only when every element is one the models
 declare, with the JSON type and cardinality they declare, every required element and at most one choice of each
 `[x]` group is present, and every primitive passes checks at least as strict as fhir_core's (its own patterns and
-bounds, from the table). Whatever it does not model it does not prove: nulls, empty strings or arrays, primitive
-extensions (`_element`), url and uuid values, leap seconds, python field names, `fhir_comments`... Such bodies go
-to fhir.resources, the authority for every rejection and every error message. A differential test holds the
-contract (tests/unit/test_fast_validation.py): proves_valid(t, b) implies fhir.resources accepts b.
+bounds, from the table). Whatever it does not model it does not prove: nulls, empty strings or arrays, uuid values,
+leap seconds, python field names, `fhir_comments`, lenient forms the library also takes ("12" for an integer,
+"true" for a boolean)... Such bodies go to fhir.resources, the authority for every rejection and every error
+message. A differential test holds the contract (tests/unit/test_fast_validation.py): proves_valid(t, b) implies
+fhir.resources accepts b.
 
 Why: on a cold function, importing pydantic and fhir.resources and building a Patient's ~20 model classes costs
 ~160 ms of the first write; this check costs a few milliseconds (docs/BENCH.md).
@@ -31,7 +32,9 @@ _PLAIN_CHARACTER = re.compile(r"[!-~]|\w")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # A code: printable ASCII tokens, single spaces between (fhir_core: ^[^\s]+(\s[^\s]+)*$).
 _CODE = re.compile(r"[!-~]+(?: [!-~]+)*")
-_URI = re.compile(r"[!-~]+")  # fhir_core accepts any string (\S*); a uri with a space or non-ASCII is not proved
+# fhir_core accepts any string as a uri (\S*, searched) or url (a str schema first); one with a space or non-ASCII
+# is not proved.
+_URI = re.compile(r"[!-~]+")
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _FRACTION = re.compile(r"\.([0-9]+)")
 _MAX_FRACTION_DIGITS = 6  # microseconds: what both Python's and pydantic's datetimes hold
@@ -121,7 +124,8 @@ def _primitive_checks(rules: dict[str, Any]) -> dict[str, Callable[[Any], bool]]
     return {
         "boolean": lambda v: type(v) is bool,
         "string": _text, "markdown": _text, "xhtml": _text,
-        "code": matches(_CODE), "uri": matches(_URI), "canonical": matches(_URI), "oid": matches(pattern("oid")),
+        "code": matches(_CODE), "oid": matches(pattern("oid")),
+        "uri": matches(_URI), "canonical": matches(_URI), "url": matches(_URI),
         "id": lambda v: isinstance(v, str) and v.isascii() and len(v) <= id_max and id_pattern.fullmatch(v) is not None,
         "decimal": lambda v: type(v) in (int, float) and decimal.fullmatch(str(v)) is not None,
         "integer": integer("integer"), "unsignedInt": integer("unsignedInt"), "positiveInt": integer("positiveInt"),
