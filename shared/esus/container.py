@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 
-from esus.domain.bundles import BundleService
-from esus.domain.conditional import ConditionalService
-from esus.domain.everything import EverythingService
-from esus.domain.includes import IncludeService
-from esus.domain.provenance_service import ProvenanceService
 from esus.domain.resources import ResourceService
-from esus.domain.search import SearchService
 from esus.domain.search_index import SearchKeys
-from esus.http.api import error_for
 from esus.security.crypto import BlindIndex, CursorSigner, FieldCipher, KeyRing
 from esus.security.phi import ResourceCodec
 from esus.settings import Settings, get_settings
 from esus.storage.objects import ObjectStore
 from esus.storage.store import Store
+
+if TYPE_CHECKING:
+    from esus.domain.bundles import BundleService
+    from esus.domain.conditional import ConditionalService
+    from esus.domain.everything import EverythingService
+    from esus.domain.includes import IncludeService
+    from esus.domain.provenance_service import ProvenanceService
+    from esus.domain.search import SearchService
 
 
 def aws_config(settings: Settings) -> Config:
@@ -34,18 +35,54 @@ def object_config(settings: Settings) -> Config:
     return aws_config(settings).merge(Config(read_timeout=max(10.0, settings.aws_read_timeout_seconds)))
 
 
-@dataclass
 class Services:
-    settings: Settings
-    keyring: KeyRing
-    store: Store
-    resources: ResourceService
-    provenance: ProvenanceService
-    search: SearchService
-    conditional: ConditionalService
-    bundles: BundleService
-    includes: IncludeService
-    everything: EverythingService
+    """The composition root. Keys, storage and the resource service are built with it; the other services on
+    first use, so a function imports and builds only what its route needs (a read never loads search,
+    Bundles or $everything: ~7 ms of a cold start)."""
+
+    def __init__(self, settings: Settings, keyring: KeyRing, store: Store, blind: BlindIndex, cursors: CursorSigner,
+                 search_keys: SearchKeys) -> None:
+        self.settings, self.keyring, self.store = settings, keyring, store
+        self._blind, self._cursors, self._search_keys = blind, cursors, search_keys
+        self.resources = ResourceService(settings, store, blind, cursors, search_keys)
+
+    @cached_property
+    def search(self) -> SearchService:
+        from esus.domain.search import SearchService
+
+        return SearchService(self.settings, self.store, self._blind, self._cursors, self._search_keys)
+
+    @cached_property
+    def conditional(self) -> ConditionalService:
+        from esus.domain.conditional import ConditionalService
+
+        return ConditionalService(self.resources, self.search, self.store, self._blind)
+
+    @cached_property
+    def includes(self) -> IncludeService:
+        from esus.domain.includes import IncludeService
+
+        return IncludeService(self.store, self.search)
+
+    @cached_property
+    def provenance(self) -> ProvenanceService:
+        from esus.domain.provenance_service import ProvenanceService
+
+        return ProvenanceService(self.store, self.settings, self._search_keys)
+
+    @cached_property
+    def bundles(self) -> BundleService:
+        from esus.domain.bundles import BundleService
+        from esus.http.api import error_for
+
+        return BundleService(self.store, self.resources, self.conditional, error_for)
+
+    @cached_property
+    def everything(self) -> EverythingService:
+        from esus.domain.everything import EverythingService
+
+        return EverythingService(self.settings, self.store, self.resources, self.search, self.includes,
+                                 self._cursors)
 
 
 def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None, s3: Any = None) -> Services:
@@ -66,24 +103,7 @@ def build_services(settings: Settings, dynamodb: Any = None, secrets: Any = None
         "_conditional-create": 128,  # a guard key, not an index: no collisions wanted
     })
     store = Store(settings, dynamodb, ResourceCodec(FieldCipher(keyring)), objects)
-    cursors = CursorSigner(keyring)
-    search_keys = SearchKeys(keyring, settings)
-    resources = ResourceService(settings, store, blind, cursors, search_keys)
-    search = SearchService(settings, store, blind, cursors, search_keys)
-    conditional = ConditionalService(resources, search, store, blind)
-    includes = IncludeService(store, search)
-    return Services(
-        settings=settings,
-        keyring=keyring,
-        store=store,
-        resources=resources,
-        provenance=ProvenanceService(store, settings, search_keys),
-        search=search,
-        conditional=conditional,
-        bundles=BundleService(store, resources, conditional, error_for),
-        includes=includes,
-        everything=EverythingService(settings, store, resources, search, includes, cursors),
-    )
+    return Services(settings, keyring, store, blind, CursorSigner(keyring), SearchKeys(keyring, settings))
 
 
 _lock = threading.Lock()
