@@ -64,6 +64,7 @@ from esus.domain.search_index import SearchKeys, parse_sort_key, search_entry_fr
 from esus.domain.search_params import params_for
 from esus.model import IndexEntry, Version
 from esus.security.crypto import IntegrityFailure
+from esus.storage import items
 from esus.storage.objects import StoredObject, object_tenant, parse_key, tenant_prefix
 from esus.storage.store import (
     ALL_TYPES,
@@ -190,13 +191,12 @@ class _Checker:
         self._stuck: Counter[tuple[str, str]] = Counter()
 
     # ---------- large transactions (docs/TRANSACTIONS.md) ----------
-    def _in_transaction(self, tenant: str, item: dict[str, Any]) -> bool:
-        """Is the item a lock, placeholder or pending item (or an unfinished record)? Those of a live
-        transaction are counted, the others noted as stuck."""
-        txid = item.get("tx")
+    def _in_transaction(self, tenant: str, txid: str | None) -> bool:
+        """Is the item locked by, or pending in, transaction `txid` (or is it an unfinished record)? Those of a
+        live transaction are counted, the others noted as stuck. None: no transaction, False."""
         if txid is None:
             return False
-        key = (tenant, str(txid))
+        key = (tenant, txid)
         if key not in self._live:
             record = self.transactions.record(tenant, str(txid))
             self._live[key] = record is not None and not record.finished and \
@@ -222,11 +222,11 @@ class _Checker:
     def check_resources(self) -> None:
         for page in self.store.scan_pages(self.settings.resources_table, self.only):
             for item in page:
-                key = str(item["pk"])
+                key = items.key(item)
                 report = self.report.tenant(key_tenant(key))
-                if self._in_transaction(key_tenant(key), item):
+                if self._in_transaction(key_tenant(key), items.lock(item)):
                     continue  # checked once its transaction settled
-                if "v" not in item:
+                if items.version_number(item) is None:
                     report.problems.append(f"{key}: a current item with neither a version nor a lock")
                     continue
                 report.resources += 1
@@ -235,7 +235,7 @@ class _Checker:
                     if not problems:
                         break
                     fresh = self._current_item(key)
-                    if fresh is None or _same(fresh, item):
+                    if fresh is None or items.same_version(fresh, item):
                         break  # unchanged meanwhile: what was found is there
                     item = fresh
                     problems, versions = self._resource(item)
@@ -243,13 +243,14 @@ class _Checker:
                 report.problems += problems
 
     def _current_item(self, key: str) -> dict[str, Any] | None:
-        found = self.store.get_many(self.settings.resources_table, [{"pk": key}])
+        found = self.store.get_many(self.settings.resources_table, [items.current_key(key)])
         return found[0] if found else None
 
     def _resource(self, item: dict[str, Any]) -> tuple[list[str], int]:
-        key = str(item["pk"])
+        key = items.key(item)
         tenant, resource_type, resource_id = split_resource_key(key)
-        current_number = int(item["v"])
+        current_number = items.version_number(item)
+        assert current_number is not None, "only versioned current items are checked (locks are skipped)"
         problems: list[str] = []
         current = self._decode(tenant, resource_type, resource_id, item, f"{key} (current item)", problems)
         written = self._write_provenance(tenant, resource_type, resource_id)
@@ -258,10 +259,10 @@ class _Checker:
         for page in self.store.history_pages(tenant, resource_type, resource_id):
             change_log: list[tuple[int, str, tuple[str, str]]] = []
             for version_item in page:
-                if self._in_transaction(tenant, version_item):
+                if self._in_transaction(tenant, items.lock(version_item)):
                     pending = True
                     continue
-                number = int(version_item["v"])
+                number = items.history_number(version_item)
                 numbers.append(number)
                 version = self._decode(tenant, resource_type, resource_id, version_item, f"{key} v{number}", problems)
                 if version is None:
@@ -281,7 +282,7 @@ class _Checker:
             return [], len(numbers)
         if numbers != list(range(1, current_number + 1)):
             problems.insert(0, f"{key}: history versions {numbers} are not 1..{current_number}")
-        refs = [str(ref) for ref in item.get("idx") or ()]
+        refs = items.index_refs(item)
         entries = [search_entry_from_ref(ref) for ref in refs]
         present = self._index_present((e.partition, e.sort) for e in entries)
         missing = [e for e in entries if (e.partition, e.sort) not in present]
@@ -322,7 +323,7 @@ class _Checker:
         ids = sorted({index_sort_id(sort) for p in partitions for sort in self.store.index_sort_keys(p)})
         prefix = f"{resource_type}/{resource_id}/_history/"
         for start in range(0, len(ids), PROVENANCE_BATCH):
-            keys = [{"pk": resource_key(tenant, PROVENANCE, i)} for i in ids[start:start + PROVENANCE_BATCH]]
+            keys = [items.current_key(resource_key(tenant, PROVENANCE, i)) for i in ids[start:start + PROVENANCE_BATCH]]
             for item in self.store.get_many(self.settings.provenance_table, keys):
                 try:
                     record = self.store.decode_provenance(tenant, item)
@@ -342,18 +343,19 @@ class _Checker:
         for page in self.store.scan_pages(self.settings.provenance_table, self.only):
             wanted: list[tuple[str, IndexEntry]] = []
             for item in page:
-                key = str(item["pk"])
+                key = items.key(item)
                 tenant = key_tenant(key)
                 report = self.report.tenant(tenant)
-                if self._in_transaction(tenant, item):
+                if self._in_transaction(tenant, items.lock(item)):
                     continue
                 report.provenances += 1
-                if "ikv" not in item:
+                if items.index_key_version(item) is None:
                     report.problems.append(f"{key}: its index items name references in clear (written before "
                                            "keyed tokens; esus reencrypt moves them)")
                 try:
                     record = self.store.decode_provenance(tenant, item)
-                    entries = self.resources.provenance_index(tenant, record, str(item["rec"]), item.get("ikv"))
+                    entries = self.resources.provenance_index(tenant, record, items.recorded(item),
+                                                              items.index_key_version(item))
                 except IntegrityFailure as exc:
                     report.problems.append(f"{key}: {exc}")
                     continue
@@ -369,15 +371,14 @@ class _Checker:
         for page in self.store.scan_pages(self.settings.index_table, self.only):
             searchable: list[IndexEntry] = []
             for item in page:
-                partition, sort = str(item["pk"]), str(item["sk"])
+                partition, sort = items.key(item), items.sort(item)
                 tenant = key_tenant(partition)
                 self.report.tenant(tenant).index_items += 1
                 if partition == transaction_partition(tenant):
-                    if not item.get("fin"):  # an unfinished record: live, or stuck
-                        self._in_transaction(tenant, {"sk": sort, "tx": sort})
+                    if not items.finished(item):  # an unfinished record (its sort key is its id): live, or stuck
+                        self._in_transaction(tenant, sort)
                     continue
-                if "tx" in item:
-                    self._in_transaction(tenant, item)
+                if self._in_transaction(tenant, items.lock(item)):
                     continue
                 if is_search_partition(partition):
                     searchable.append(IndexEntry(partition, sort, parse_sort_key(sort)[0]))
@@ -394,11 +395,11 @@ class _Checker:
             tenant, resource_type, _, _ = _search_partition(entry.partition)
             return resource_key(tenant, resource_type, entry.resource_id)
 
-        owners = self.store.get_many(self.settings.resources_table, [{"pk": owner(e)} for e in entries],
-                                     attributes=("pk", "idx", "tx"))
-        owned = {(str(o["pk"]), str(ref)) for o in owners for ref in o.get("idx") or ()}
+        owners = self.store.get_many(self.settings.resources_table, [items.current_key(owner(e)) for e in entries],
+                                     attributes=items.OWNER_ATTRIBUTES)
+        owned = {(items.key(o), ref) for o in owners for ref in items.index_refs(o)}
         # A locked owner's pending version may own items its current `idx` does not list yet.
-        locked = {str(o["pk"]) for o in owners if "tx" in o}
+        locked = {items.key(o) for o in owners if items.lock(o) is not None}
         return [e for e in entries if (owner(e), e.ref) not in owned and owner(e) not in locked]
 
     # ---------- pass 4: every object is a version's body ----------
@@ -424,17 +425,19 @@ class _Checker:
         for parts in versions.values():
             if parts is not None:
                 tenant, resource_type, resource_id, number, _ = parts
-                history_keys.append({"pk": resource_key(tenant, resource_type, resource_id), "v": number})
-                current_keys.append({"pk": resource_key(tenant, resource_type, resource_id)})
-        items = [*self.store.get_many(self.settings.history_table, history_keys, attributes=("pk", "v", "obj")),
-                 *self.store.get_many(self.settings.resources_table, current_keys, attributes=("pk", "obj"))]
-        referenced = {str(item["obj"]) for item in items if "obj" in item}
+                history_keys.append(items.history_key(resource_key(tenant, resource_type, resource_id), number))
+                current_keys.append(items.current_key(resource_key(tenant, resource_type, resource_id)))
+        found = [*self.store.get_many(self.settings.history_table, history_keys, attributes=items.OBJECT_ATTRIBUTES),
+                 *self.store.get_many(self.settings.resources_table, current_keys, attributes=items.OBJECT_ATTRIBUTES)]
+        referenced = {items.object_key(item) for item in found} - {None}
         return [o for o in page if o.key not in referenced]
 
     def _index_present(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        wanted = [{"pk": partition, "sk": sort} for partition, sort in keys]
-        found = self.store.get_many(self.settings.index_table, wanted, attributes=("pk", "sk")) if wanted else []
-        return {(str(i["pk"]), str(i["sk"])) for i in found}
+        wanted = [items.index_key(partition, sort) for partition, sort in keys]
+        if not wanted:
+            return set()
+        found = self.store.get_many(self.settings.index_table, wanted, attributes=items.KEY_ATTRIBUTES)
+        return {(items.key(i), items.sort(i)) for i in found}
 
 
 def is_search_partition(partition: str) -> bool:
@@ -455,10 +458,6 @@ def _sealed_key(ref: str) -> str:
     parts = split_index_partition(IndexEntry.from_ref(ref).partition)
     param = params_for(parts[1]).get(parts[2]) if parts is not None else None
     return parts[3] if parts is not None and param is not None and not param.clear else ""
-
-
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return (a.get("v"), a.get("lu"), a.get("idx")) == (b.get("v"), b.get("lu"), b.get("idx"))
 
 
 def _content(version: Version) -> tuple[Any, ...]:
