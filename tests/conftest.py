@@ -112,6 +112,19 @@ def _unique_node_ids(items: list[pytest.Item]) -> None:
         raise pytest.UsageError(f"tests share node ids (pytest-xdist would run only one of each): {duplicates}")
 
 
+def nested_resources(value: Any) -> Iterator[dict[str, Any]]:
+    """A resource and every resource inside it (Bundle entries, contained, Parameters): every object with a
+    string resourceType, outermost first."""
+    if isinstance(value, dict):
+        if isinstance(value.get("resourceType"), str):
+            yield value
+        for item in value.values():
+            yield from nested_resources(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from nested_resources(item)
+
+
 def new_tenant() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 

@@ -30,7 +30,7 @@ from pydantic import UUID4
 
 from esus.domain.fast_validation import proves_valid
 from esus.domain.fhir import SUPPORTED_TYPES
-from tests.conftest import EXAMPLES, SYNTHEA, examples
+from tests.conftest import EXAMPLES, SYNTHEA, examples, nested_resources
 from tests.fhir_minimal import minimal_instance
 
 SYNTHEA_FILES = sorted(SYNTHEA.glob("*.json"))
@@ -87,15 +87,8 @@ def assert_sound(resource_type: str, body: Any, context: str = "") -> bool:
 
 
 def _resources(value: Any) -> Iterator[dict[str, Any]]:
-    """A resource and every resource inside it (Bundle entries, contained, Parameters), served types only."""
-    if isinstance(value, dict):
-        if value.get("resourceType") in SUPPORTED_TYPES:
-            yield value
-        for item in value.values():
-            yield from _resources(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _resources(item)
+    """A resource and every resource inside it, served types only."""
+    return (r for r in nested_resources(value) if r["resourceType"] in SUPPORTED_TYPES)
 
 
 @functools.cache

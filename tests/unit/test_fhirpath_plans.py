@@ -13,7 +13,7 @@ import pytest
 
 from esus.domain import search_semantics
 from esus.domain.search_params import SearchParam, params_for, searchable_types
-from tests.conftest import EXAMPLES, SYNTHEA
+from tests.conftest import EXAMPLES, SYNTHEA, nested_resources
 
 SYNTHEA_FILES = sorted(SYNTHEA.glob("*.json"))
 if not os.environ.get("ESUS_FULL_CORPUS"):
@@ -50,22 +50,12 @@ CORNER_CASES: list[dict[str, Any]] = [
 ]
 
 
-def _resources(value: Any) -> Iterator[dict[str, Any]]:
-    """A resource and every resource inside it (Bundle entries, contained)."""
-    if isinstance(value, dict):
-        if isinstance(value.get("resourceType"), str):
-            yield value
-        for item in value.values():
-            yield from _resources(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _resources(item)
 
 
 def _corpus() -> Iterator[dict[str, Any]]:
     yield from CORNER_CASES
     for path in [*sorted(EXAMPLES.glob("*.json")), *SYNTHEA_FILES]:
-        yield from _resources(json.loads(path.read_text(encoding="utf-8")))
+        yield from nested_resources(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _by_fhirpathpy(param: SearchParam, resource: dict[str, Any]) -> list[Any]:
