@@ -13,7 +13,7 @@ from esus.errors import InvalidRequest
 from esus.fhir_types import NOT_GENERIC, WITHOUT_R4B_MODEL
 from esus_dev.codegen import gen_fhir_shapes as shapes
 from esus_dev.codegen import gen_fhir_tables as gen
-from tests.conftest import EXAMPLES, SYNTHEA
+from tests.conftest import EXAMPLES, REPO, SYNTHEA
 
 if not gen.SCHEMA.exists():
     pytest.skip("../shared/fhir-spec/r4/fhir.schema.json is not next to the repo", allow_module_level=True)
@@ -128,3 +128,56 @@ def test_fast_validation_table_is_current() -> None:
     """fhir_shapes_r4b.json is what the installed fhir.resources models say (esus_dev.codegen.gen_fhir_shapes)."""
     assert shapes.SHAPES_JSON.read_text(encoding="utf-8") == shapes.render(shapes.build()), \
         "run python -m esus_dev.codegen.gen_fhir_shapes"
+
+
+def test_the_validation_libraries_are_pinned_to_the_versions_the_fast_check_was_built_from() -> None:
+    """The layer and the dev environment install exactly the pydantic, fhir.resources and fhir_core the table was
+    generated from: a newer fhir_core that tightened a check could otherwise reject what the fast check proves."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    source = {canonicalize_name(name): version
+              for name, version in json.loads(shapes.SHAPES_JSON.read_text(encoding="utf-8"))["source"].items()}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    layer = [line.split("#", 1)[0].strip() for line in (REPO / "shared" / "requirements.txt").read_text().splitlines()]
+    for requirements in (project, [line for line in layer if line]):
+        pins = {canonicalize_name(r.name): str(r.specifier)
+                for r in map(Requirement, requirements) if canonicalize_name(r.name) in source}
+        assert pins == {name: f"=={version}" for name, version in source.items()}
+
+
+def test_the_shape_generator_fails_closed_on_what_the_fast_check_does_not_mirror() -> None:
+    """A model class that checks more than the table can say (an overridden checking method, another validator,
+    a constraint on a field) is left out or stops the generator; it never becomes a looser shape."""
+    import typing
+
+    from annotated_types import MaxLen
+    from fhir.resources.R4B import get_fhir_model_class
+    from fhir_core.types import String
+    from pydantic import Field, model_validator
+
+    name = get_fhir_model_class("HumanName")
+    assert shapes.class_shape(name, []) is not None
+
+    class OwnChoiceRule(name):  # type: ignore[misc, valid-type]
+        def _validate_one_of_many(self) -> None:
+            pass
+
+    class OwnValidator(name):  # type: ignore[misc, valid-type]
+        @model_validator(mode="after")
+        def extra(self) -> typing.Any:
+            return self
+
+    class TightenedString(name):  # type: ignore[misc, valid-type]
+        family: typing.Annotated[str, MaxLen(3)] = Field(default="x")
+
+    class ConstrainedPrimitive(name):  # type: ignore[misc, valid-type]
+        text: typing.Annotated[str, String(), MaxLen(3)] | None = None
+
+    assert shapes.class_shape(OwnChoiceRule, []) is None
+    assert shapes.class_shape(OwnValidator, []) is None
+    with pytest.raises(SystemExit, match="constraints"):
+        shapes.class_shape(TightenedString, [])
+    assert shapes.class_shape(ConstrainedPrimitive, [])["fields"]["text"] == shapes.UNSUPPORTED  # type: ignore[index]

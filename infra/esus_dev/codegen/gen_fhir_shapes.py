@@ -3,8 +3,14 @@ fhir.resources R4B model class a served resource can reach, read from the model 
 
 Per class: each JSON element name with its type (a primitive, another class, or "*" for any resource) and whether it
 repeats; the required elements; the choice-type groups (`value[x]`: at most one, and one when required). Per
-primitive: what fhir_core checks (its regular expressions, its integer bounds, the id length), copied from the
-library so the fast check can never be looser than the library by drift.
+primitive, what fhir_core checks for id, oid, the dates and times, decimal and the integers (its patterns and
+bounds), read from the library. The other primitives' checks are written in esus.domain.fast_validation, stricter
+than fhir_core's: REVIEWED_SOURCES holds the fhir_core files they were reviewed against, and the generator refuses
+to run when one of them changed (review fast_validation against the new code, then update the digests).
+
+Fail closed: a field constraint, a model config or a validator the fast check does not mirror, an overridden
+checking method, or a primitive on an unexpected Python type stops the generator (an unknown annotation shape makes
+the field unprovable, so its bodies go to the library).
 
 Why: building the pydantic models costs a cold function ~160 ms on its first write. The fast check proves the common
 valid body valid without them; anything it cannot prove goes to fhir.resources, which stays the authority for every
@@ -24,12 +30,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from esus.domain.fast_validation import ANY_RESOURCE
 from esus_dev.codegen import write_or_check
 
 REPO = Path(__file__).resolve().parents[3]
 SHAPES_JSON = REPO / "shared" / "esus" / "domain" / "fhir_shapes_r4b.json"
 
-ANY_RESOURCE = "*"
 UNSUPPORTED = "?"  # a type the fast check does not prove (uuid, Element, ...): such a body goes to the library
 # Validators every FHIR model has, which the fast check mirrors; a class with any other validator is left out of
 # the table (so its bodies always go to the library).
@@ -45,6 +51,22 @@ PRIMITIVES = {
     "PositiveInt": "positiveInt", "Base64Binary": "base64Binary",
 }
 CARRIERS = {"EncodedBytes"}  # metadata that only decodes a primitive (base64Binary's bytes), no extra rule
+# The Python type each primitive's Annotated wraps (anything else: not proved).
+PRIMITIVE_BASES = {
+    "date": "date", "dateTime": "datetime", "instant": "datetime", "time": "time", "decimal": "Decimal",
+    "integer": "int", "unsignedInt": "int", "positiveInt": "int", "base64Binary": "bytes", "url": "Union",
+}
+# Methods through which fhir_core checks a model; a class that overrides one is not proved (left out of the table).
+CHECKING_METHODS = ("__init__", "model_post_init", "reject_null_complex_elements", "validate_after_model_construction",
+                    "_validate_one_of_many", "_validate_required_primitive_elements")
+# sha256 (first 16 hex digits) of the library sources esus.domain.fast_validation's own primitive checks, and its
+# null, required and choice rules, were reviewed against.
+REVIEWED_SOURCES = {
+    "fhir_core/types.py": "12ea039b85bb8802",
+    "fhir_core/fhirabstractmodel.py": "b9c6b672a2714f1b",
+    "fhir_core/constraints.py": "b7e4d030978438b4",
+    "fhir/resources/R4B/fhirprimitiveextension.py": "23741ecff8666dbb",
+}
 
 
 def _flatten(annotation: Any) -> list[Any]:
@@ -69,8 +91,11 @@ def _field_type(annotation: Any, reach: list[type]) -> str:
         if alt is bool:
             found.add("boolean")
         elif typing.get_origin(alt) is typing.Annotated:
-            names = [type(m).__name__ for m in typing.get_args(alt)[1:] if type(m).__name__ not in CARRIERS]
-            found.add(PRIMITIVES[names[0]] if len(names) == 1 and names[0] in PRIMITIVES else UNSUPPORTED)
+            base, *metadata = typing.get_args(alt)
+            names = [type(m).__name__ for m in metadata if type(m).__name__ not in CARRIERS]
+            primitive = PRIMITIVES.get(names[0]) if len(names) == 1 else None
+            expected_base = PRIMITIVE_BASES.get(primitive or "", "str")
+            found.add(primitive if primitive and getattr(base, "__name__", str(base)) == expected_base else UNSUPPORTED)
         elif isinstance(alt, type) and issubclass(alt, FhirElementOrResourceBase):
             found.add(ANY_RESOURCE if alt.get_model_klass().__name__ == "Resource" else UNSUPPORTED)
         elif isinstance(alt, type) and issubclass(alt, FhirBase):
@@ -79,24 +104,31 @@ def _field_type(annotation: Any, reach: list[type]) -> str:
             found.add(model.__name__)
         else:
             found.add(UNSUPPORTED)
-    if found == {"id", "string"}:  # Resource.id is Id | String: proving it an id is proving it valid
-        return "id"
     return found.pop() if len(found) == 1 else UNSUPPORTED
 
 
 def class_shape(model: type, reach: list[type]) -> dict[str, Any] | None:
-    """One model class's shape, or None when it has validators the fast check does not mirror."""
+    """One model class's shape, or None when it checks something the fast check does not mirror."""
+    from fhir_core.fhirabstractmodel import FHIRAbstractModel
+
     decorators = model.__pydantic_decorators__  # type: ignore[attr-defined]
     own = {name for kind in ("validators", "field_validators", "root_validators", "model_validators")
            for name in getattr(decorators, kind)}
     if own - BASE_VALIDATORS - set(ANY_OF_VALIDATORS):
         return None
+    if any(_function(model, name) is not _function(FHIRAbstractModel, name) for name in CHECKING_METHODS):
+        return None
+    if model.model_config != FHIRAbstractModel.model_config:  # type: ignore[attr-defined]
+        raise SystemExit(f"{model.__name__} has its own model config: the fast check does not mirror it")
     fields: dict[str, str] = {}
     choices: dict[str, list[str]] = {}
     required_choices: set[str] = set()
     required: list[str] = []
     for name, info in model.model_fields.items():  # type: ignore[attr-defined]
         alias = info.alias or name
+        if info.metadata:
+            raise SystemExit(f"{model.__name__}.{name} has constraints the fast check does not mirror: "
+                             f"{info.metadata}")
         if alias == "fhir_comments":
             continue  # not FHIR JSON: a body holding it goes to the library
         fields[alias] = _field_type(info.annotation, reach) + ("[]" if _is_list(info.annotation) else "")
@@ -107,8 +139,7 @@ def class_shape(model: type, reach: list[type]) -> dict[str, Any] | None:
             choices.setdefault(str(extra["one_of_many"]), []).append(alias)
             if extra.get("one_of_many_required"):
                 required_choices.add(str(extra["one_of_many"]))
-    aliases = {n: (i.alias or n) for n, i in model.model_fields.items()}  # type: ignore[attr-defined]
-    required += [aliases[n] for n, _ in model.get_required_fields(None)]  # type: ignore[attr-defined]
+    required += [json_name for json_name, _ in model.get_required_fields(None)]  # type: ignore[attr-defined]
     shape: dict[str, Any] = {"fields": fields}
     if model.has_resource_base():  # type: ignore[attr-defined]
         shape["resource"] = model.__resource_type__  # type: ignore[attr-defined]
@@ -119,6 +150,28 @@ def class_shape(model: type, reach: list[type]) -> dict[str, Any] | None:
     if choices:
         shape["choices"] = [[sorted(names), prefix in required_choices] for prefix, names in sorted(choices.items())]
     return shape
+
+
+def _function(cls: type, name: str) -> Any:
+    """The function behind a method as `cls` resolves it (classmethods and pydantic decorators unwrapped)."""
+    found = getattr(cls, name, None)
+    found = getattr(found, "__func__", found)
+    return getattr(found, "wrapped", found)
+
+
+def check_reviewed_sources() -> None:
+    """Stop when a library source fast_validation's own rules were reviewed against has changed."""
+    import hashlib
+    import importlib.util
+
+    for relative, digest in REVIEWED_SOURCES.items():
+        package = relative.split("/", 1)[0]
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.submodule_search_locations, package
+        path = Path(next(iter(spec.submodule_search_locations))).parent / relative
+        if hashlib.sha256(path.read_bytes()).hexdigest()[:16] != digest:
+            raise SystemExit(f"{relative} changed since esus.domain.fast_validation's checks were reviewed against "
+                             "it: review them against the new code, then update REVIEWED_SOURCES in " + __name__)
 
 
 def primitive_rules() -> dict[str, Any]:
@@ -141,7 +194,6 @@ def primitive_rules() -> dict[str, Any]:
         "integer": {"bounds": bounds(core.Integer)},
         "unsignedInt": {"bounds": bounds(core.UnsignedInt)},
         "positiveInt": {"bounds": bounds(core.PositiveInt)},
-        "string": {"allow_empty": constraints.TYPES_STRING_ALLOW_EMPTY_STR},
     }
 
 
@@ -150,6 +202,7 @@ def build() -> dict[str, Any]:
 
     from esus.domain.fhir import SUPPORTED_TYPES
 
+    check_reviewed_sources()
     classes: dict[str, Any] = {}
     reach: list[type] = [get_fhir_model_class(t) for t in sorted(SUPPORTED_TYPES)]
     while reach:
