@@ -4,9 +4,10 @@ restore. See docs/DEPLOY.md "Cold start and SnapStart" for when it pays and what
 With SnapStart, Lambda runs a function's init once per published version, snapshots the environment, and resumes
 every new environment of that version from the snapshot. So:
 
-- Before the snapshot, `prime` loads what a first request would otherwise load on the request path: the FHIR
-  models library and the Provenance model a client's X-Provenance is held to (and the models and search plans of
-  PRIMED_TYPES), cryptography, the generated tables and the AWS service models of the clients. It
+- Before the snapshot, `prime` loads what a first request would otherwise load on the request path: the fast
+  validation table, the FHIR models library for the bodies it cannot prove, with the Provenance model a client's
+  X-Provenance is held to (and the models and search plans of PRIMED_TYPES), the services built on first use,
+  cryptography, the generated tables and the AWS service models of the clients. It
   fetches no key, builds no client and opens no connection: the root key and the clients are made per
   environment, on first use, after the restore (no key material or credentials in the snapshot, which every
   restored environment shares).
@@ -19,6 +20,7 @@ Outside a SnapStart init (`AWS_LAMBDA_INITIALIZATION_TYPE` is not "snap-start") 
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 from collections.abc import Callable
@@ -30,6 +32,9 @@ PRIMED_SERVICES = ("dynamodb", "secretsmanager")
 # snapshot: the usual hub of a FHIR server's traffic. Others load on their first use (tens of ms each); priming
 # all 146 would add about 15 s to each publish and some 90 MB to every snapshot.
 PRIMED_TYPES = ("Patient", "Observation")
+# The service modules esus.container.Services imports on first use (cheap to hold in every function's snapshot).
+ON_DEMAND_SERVICES = ("esus.domain.search", "esus.domain.conditional", "esus.domain.includes", "esus.domain.bundles",
+                      "esus.domain.everything", "esus.domain.provenance_service")
 
 
 def prime() -> None:
@@ -40,7 +45,7 @@ def prime() -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
     from esus.domain import bindings, search_params, search_semantics
-    from esus.domain.fhir import PROVENANCE, validate_resource
+    from esus.domain.fhir import PROVENANCE, validate_resource, validate_with_models
     from esus.security.auth import reference_resource_type
 
     # The JSON a client's creation reads, cached by the default session's loader (the one boto3.client() uses).
@@ -60,13 +65,17 @@ def prime() -> None:
         get_fhir_model_class(resource_type)
         for param in search_params.params_for(resource_type).values():
             search_semantics.extract(param, {"resourceType": resource_type})  # parses its plan (or FHIRPath)
-    validate_resource(PROVENANCE, {
+    record = {
         "resourceType": PROVENANCE, "id": "primed", "meta": {"versionId": "1"},
         "target": [{"reference": "Patient/primed/_history/1"}], "recorded": "2000-01-01T00:00:00Z",
         "agent": [{"who": {"reference": "Practitioner/primed"}, "onBehalfOf": {"reference": "Organization/primed"}}],
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
                                  "code": "CREATE"}]},
-    })
+    }
+    validate_resource(PROVENANCE, record)  # the fast check's table (the usual path)
+    validate_with_models(PROVENANCE, record)  # the nested models a body the fast check cannot prove needs
+    for module in ON_DEMAND_SERVICES:  # built on first use (esus.container.Services): loaded before the snapshot
+        importlib.import_module(module)
 
 
 def after_restore() -> None:

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from esus.http.api import tracing_active
+from esus.snapstart import ON_DEMAND_SERVICES
 from tests.conftest import REPO
 
 FUNCTIONS = sorted(p.parent.name for p in (REPO / "functions").glob("*/app.py"))
@@ -96,3 +97,50 @@ def test_tracing_is_active_exactly_where_powertools_traces(monkeypatch: pytest.M
     from aws_lambda_powertools.tracing.tracer import Tracer
 
     assert (not Tracer._is_tracer_disabled()) is expected  # the rule Powertools applies itself
+
+
+SERVICES_PROBE = """
+import importlib.util, json, sys
+found = {}
+for name in sys.argv[1].split(","):
+    before = set(sys.modules)
+    spec = importlib.util.spec_from_file_location(f"fn_{name}", f"functions/{name}/app.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    found[name] = sorted(m for m in set(sys.modules) - before if m.startswith("esus.domain."))
+print(json.dumps(found))
+"""
+
+
+def test_a_read_update_or_delete_function_loads_no_search_or_bundle_service() -> None:
+    """The composition root builds search, conditional, includes, Provenance, Bundle and $everything services on first
+    use: the single-resource routes never import them (about 7 ms of each cold start)."""
+    loaded = _probe(SERVICES_PROBE, "read,vread,update,delete,history", env=_environment())
+    assert {name: sorted(set(mods) & set(ON_DEMAND_SERVICES)) for name, mods in loaded.items()} == {
+        name: [] for name in ("read", "vread", "update", "delete", "history")}
+    assert "esus.domain.resources" in loaded["read"]  # the probe sees the domain modules a function does load
+
+
+VALIDATION_PROBE = """
+import json, sys
+from esus.domain.fhir import validate_resource
+from esus.errors import InvalidRequest
+from esus_dev.bench.scenario import patient_body
+
+def heavy():
+    return sorted({m.split(".")[0] for m in sys.modules} & {"fhir", "fhir_core", "pydantic"})
+
+validate_resource("Patient", {**patient_body("+1 555 0100", "a@example.org"), "id": "p1"})
+proved = heavy()
+try:
+    validate_resource("Patient", {"resourceType": "Patient", "birthDate": "1970", "_birthDate": {}})
+except InvalidRequest:
+    pass
+print(json.dumps({"proved": proved, "fallback": heavy()}))
+"""
+
+
+def test_a_common_valid_body_is_validated_without_building_the_fhir_models() -> None:
+    """The bench's Patient (the specification's example) is proved valid by the fast check: no pydantic, no
+    fhir.resources (~160 ms of a cold write). A body it cannot prove loads them (so the probe can fail)."""
+    env = _environment(PYTHONPATH=os.pathsep.join([str(REPO / "shared"), str(REPO / "infra")]))
+    assert _probe(VALIDATION_PROBE, env=env) == {"proved": [], "fallback": ["fhir", "fhir_core", "pydantic"]}

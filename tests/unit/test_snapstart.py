@@ -83,6 +83,7 @@ print(json.dumps({
     "provenance_model_built": get_fhir_model_class.cache_info().currsize >= 1,
     "aws_requests": len(sent),
     "services_built": container._services is not None,
+    "on_demand_services_loaded": all(m in sys.modules for m in snapstart.ON_DEMAND_SERVICES),
     "credentials_resolved": boto3.DEFAULT_SESSION._session._credentials is not None,
 }))
 """
@@ -90,7 +91,8 @@ print(json.dumps({
     found = _run(code, AWS_ENDPOINT_URL="http://127.0.0.1:9")
     # fhirpathpy stays unloaded: the primed types' search expressions all have generated plans.
     assert found == {"loaded": ["cryptography", "fhir_core", "pydantic"], "provenance_model_built": True,
-                     "aws_requests": 0, "services_built": False, "credentials_resolved": False}
+                     "aws_requests": 0, "services_built": False, "on_demand_services_loaded": True,
+                     "credentials_resolved": False}
 
 
 def _restore_twice(*, with_hook: bool) -> list[tuple[float, bool]]:

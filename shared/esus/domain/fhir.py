@@ -51,7 +51,7 @@ def validate_resource(resource_type: str, body: Any) -> dict[str, Any]:
             [Issue("invalid", "resourceType does not match the URL", "resourceType")],
         )
     if not proves_valid(resource_type, body):
-        _validate_with_models(resource_type, body)
+        validate_with_models(resource_type, body)
     issues = code_issues(resource_type, body)
     if issues:
         raise InvalidRequest(
@@ -65,7 +65,7 @@ def validate_resource(resource_type: str, body: Any) -> dict[str, Any]:
     return body
 
 
-def _validate_with_models(resource_type: str, body: dict[str, Any]) -> None:
+def validate_with_models(resource_type: str, body: dict[str, Any]) -> None:
     """fhir.resources' verdict, with its problems as issues. Its models cost a cold function ~160 ms to import and
     build, so they are loaded only for a body the fast check (esus.domain.fast_validation) cannot prove valid."""
     from fhir.resources.R4B import get_fhir_model_class
