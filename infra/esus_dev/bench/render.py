@@ -224,7 +224,8 @@ def render_cold(report: Report) -> list[str]:
         "deriving keys, validating the body (create, update: the generated fast check, docs/VALIDATION.md; the "
         "FHIR models only for a body it cannot prove), and the handler's own work. *Ratio without AWS waits* "
         "takes that wall time out of both children of a pair: the function's own work against the bare "
-        "handler's. The calls themselves differ by design (a create writes the version, its history, its "
+        "handler's, as a lower bound (work the handler's own thread does while calls are in flight is taken out "
+        "too). The calls themselves differ by design (a create writes the version, its history, its "
         "Provenance and a Patient's ~120 search index items where the bare handler reads one item), and moto "
         "serialises them, where DynamoDB would take the index batches side by side in one round trip.",
         "- The bench runs as the local stack does, without tracing (`POWERTOOLS_TRACE_DISABLED`, and outside "
