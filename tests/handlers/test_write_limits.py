@@ -237,7 +237,8 @@ def test_recorded_that_overflows_utc_is_not_a_500(checked: InProcessStack) -> No
 
 def test_contained_resource_of_an_unknown_type_is_a_400_not_a_500(checked: InProcessStack) -> None:
     """fhir.resources looks a nested resource's type up in a table and raised a KeyError for an unknown one, which
-    reached the client as a 500. Contained, in a stored Bundle's entry, and in a transaction entry alike."""
+    reached the client as a 500. Contained, in a stored Bundle's entry, and in a transaction entry alike; nothing
+    is stored for them."""
     local = checked
     before = _counts(local)
     bodies = [
@@ -251,5 +252,13 @@ def test_contained_resource_of_an_unknown_type_is_a_400_not_a_500(checked: InPro
     for path, body in bodies:
         result = local.request("POST", path, body)
         assert result.status == 400, (path, result.status, result.body[:300])
-        assert "unknown" in _outcome_text(local, result).lower(), result.body[:300]
+        assert "is not a FHIR R4 type" in _outcome_text(local, result), result.body[:300]
+    # A resourceType that is not even a string (a TypeError inside fhir_core) is named with its path too.
+    result = local.request("POST", "/Patient", {"resourceType": "Patient", "contained": [{"resourceType": 5}]})
+    assert result.status == 400, result.body[:300]
+    issue = local.json(result)["issue"][0]
+    assert issue["expression"] == ["Patient.contained[0].resourceType"] and "concatenate" not in issue["diagnostics"]
     assert _counts(local) == before
+    # A contained resource of a type the models know, but the server does not serve on its own, is still fine.
+    citation = {"resourceType": "Patient", "contained": [{"resourceType": "Citation", "id": "c", "status": "draft"}]}
+    assert local.request("POST", "/Patient", citation).status == 201

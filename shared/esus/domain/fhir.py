@@ -71,6 +71,10 @@ def validate_with_models(resource_type: str, body: dict[str, Any]) -> None:
     from fhir.resources.R4B import get_fhir_model_class
     from pydantic import ValidationError
 
+    unknown = _unknown_nested_types(resource_type, body, get_fhir_model_class)
+    if unknown:
+        raise InvalidRequest(f"The {resource_type} holds {len(unknown)} nested object(s) whose resourceType is not a "
+                             f"FHIR R4 type: {unknown[0].diagnostics}", unknown)
     try:
         get_fhir_model_class(resource_type).model_validate(body)
     except ValidationError as exc:
@@ -80,10 +84,37 @@ def validate_with_models(resource_type: str, body: dict[str, Any]) -> None:
         ) from None
     except (ValueError, TypeError) as exc:  # some fhir.resources validators raise plain errors
         raise InvalidRequest(f"The {resource_type} is not valid FHIR R4: {str(exc)[:200]}") from None
-    except KeyError:  # fhir_core looks a nested resource's type up in its table of models
-        message = (f"The {resource_type} holds a nested resource (contained, or in a Bundle entry) of an unknown "
-                   "resourceType")
-        raise InvalidRequest(message, [Issue("invalid", message, resource_type)]) from None
+    except KeyError:  # fhir_core looks nested types up in its table of models (a name _unknown_nested_types missed)
+        raise InvalidRequest(f"The {resource_type} is not valid FHIR R4: a nested element names an unknown type") \
+            from None
+
+
+def _unknown_nested_types(resource_type: str, body: dict[str, Any], model_class: Any) -> list[Issue]:
+    """Nested objects whose resourceType is not a string naming an R4B model: fhir_core fails on those (a contained
+    resource or a Bundle entry's) with a KeyError or a TypeError, not a validation error, so they are named here,
+    with their path. A known name in the wrong place is left to the models (their message says why)."""
+    issues: list[Issue] = []
+
+    def known(name: Any) -> bool:
+        try:
+            return isinstance(name, str) and model_class(name) is not None
+        except ValueError:
+            return False
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if path != resource_type and "resourceType" in node and not known(node["resourceType"]):
+                where = f"{path}.resourceType"
+                issues.append(Issue("invalid", f"{where}: {str(node['resourceType'])[:64]!r} is not a FHIR R4 type",
+                                    where))
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}[{index}]")
+
+    walk(body, resource_type)
+    return issues[:50]
 
 
 def _issue_from_pydantic(resource_type: str, err: Any) -> Issue:
