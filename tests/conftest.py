@@ -68,6 +68,7 @@ LONGEST_FILES_FIRST = (
     "tests/e2e/test_schemathesis.py",  # ~75 s
     "tests/e2e/test_import.py",  # ~55 s
     "tests/e2e/test_transactions.py",  # ~45 s
+    "tests/unit/test_fast_validation.py",  # ~32 s
     "tests/handlers/test_transactions.py",  # ~27 s
     "tests/handlers/test_verify.py",  # ~19 s
     "tests/e2e/test_phi.py",  # ~18 s
