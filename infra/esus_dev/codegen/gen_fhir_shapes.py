@@ -118,6 +118,9 @@ def class_shape(model: type, reach: list[type]) -> dict[str, Any] | None:
         return None
     if any(_function(model, name) is not _function(FHIRAbstractModel, name) for name in CHECKING_METHODS):
         return None
+    mirrored = own & set(ANY_OF_VALIDATORS)
+    if any(_function(model, name) is not _function(_primitive_extension(), name) for name in mirrored):
+        return None  # a validator of that name, but not the one whose rule the table records
     if model.model_config != FHIRAbstractModel.model_config:  # type: ignore[attr-defined]
         raise SystemExit(f"{model.__name__} has its own model config: the fast check does not mirror it")
     fields: dict[str, str] = {}
@@ -145,11 +148,17 @@ def class_shape(model: type, reach: list[type]) -> dict[str, Any] | None:
         shape["resource"] = model.__resource_type__  # type: ignore[attr-defined]
     if required:
         shape["required"] = sorted(set(required))
-    for validator in sorted(own & set(ANY_OF_VALIDATORS)):
+    for validator in sorted(mirrored):
         shape["any_of"] = ANY_OF_VALIDATORS[validator]
     if choices:
         shape["choices"] = [[sorted(names), prefix in required_choices] for prefix, names in sorted(choices.items())]
     return shape
+
+
+def _primitive_extension() -> type:
+    from fhir.resources.R4B.fhirprimitiveextension import FHIRPrimitiveExtension
+
+    return FHIRPrimitiveExtension
 
 
 def _function(cls: type, name: str) -> Any:
