@@ -144,3 +144,26 @@ def test_a_common_valid_body_is_validated_without_building_the_fhir_models() -> 
     fhir.resources (~160 ms of a cold write). A body it cannot prove loads them (so the probe can fail)."""
     env = _environment(PYTHONPATH=os.pathsep.join([str(REPO / "shared"), str(REPO / "infra")]))
     assert _probe(VALIDATION_PROBE, env=env) == {"proved": [], "fallback": ["fhir", "fhir_core", "pydantic"]}
+
+
+ALL_SERVICES_PROBE = """
+import json, sys
+from functools import cached_property
+from esus.container import Services, build_services
+from esus.settings import get_settings
+services = build_services(get_settings())
+before = {m for m in sys.modules if m.startswith("esus.domain.")}
+for name, member in vars(Services).items():
+    if isinstance(member, cached_property):
+        getattr(services, name)
+print(json.dumps(sorted({m for m in sys.modules if m.startswith("esus.domain.")} - before)))
+"""
+
+
+def test_snapstart_primes_every_service_built_on_first_use() -> None:
+    """ON_DEMAND_SERVICES (what esus.snapstart.prime loads before the snapshot) is exactly what building every lazy
+    service of esus.container.Services imports: a service added there without it would load after each restore."""
+    done = subprocess.run([sys.executable, "-c", ALL_SERVICES_PROBE], capture_output=True, text=True, cwd=REPO,
+                          env=_environment(), timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(json.loads(done.stdout.strip().splitlines()[-1])) == set(ON_DEMAND_SERVICES)
