@@ -317,6 +317,8 @@ def test_read_your_writes_under_racing_writers(stack: RunningStack) -> None:
 ORACLE_QUERIES = st.one_of(
     st.builds(lambda v: ("name", v), st.sampled_from(["chal", "Chalmers", "ren", "b", "ann", "peter j", "zz"])),
     st.builds(lambda v: ("family:exact", v), st.sampled_from(["Chalmers", "chalmers", "Baker"])),
+    st.builds(lambda v: ("family", v), st.sampled_from(["chal", "ann", "b", "peterson"])),
+    st.builds(lambda v: ("given", v), st.sampled_from(["ren", "chal", "pet", "j"])),
     st.builds(lambda v: ("gender", v), st.sampled_from(["male", "female", "male,female", "other"])),
     st.builds(lambda p, d: ("birthdate", p + d), st.sampled_from(["", "ge", "le", "gt", "lt", "sa", "eb", "ne"]),
               st.sampled_from(["1961", "1961-05", "1961-05-12", "1974-12-25", "2001", "1990-06"])),

@@ -93,7 +93,8 @@ def big_patient(pid: str, family: str, words: list[str]) -> dict[str, Any]:
     """More search index items than one transaction holds beside the version: they go beside it."""
     return {"resourceType": "Patient", "id": pid, "name": [{"family": family, "given": ["Alexandra"]}],
             "birthDate": "1961-05-12", "gender": "female",
-            "address": [{"line": [" ".join(words)], "city": words[0], "postalCode": "12345"}],
+            "address": [{"line": [" ".join(words), " ".join(w[::-1].capitalize() for w in words)], "city": words[0],
+                         "postalCode": "12345"}],
             "telecom": [{"system": "phone", "value": "555-326-5839"}]}
 
 

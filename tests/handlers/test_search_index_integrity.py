@@ -4,7 +4,10 @@ reported and repaired by `--repair-index`, which also removes the stale ones."""
 
 from __future__ import annotations
 
+import pytest
+
 from esus.container import services
+from esus.domain import search_index, search_semantics
 from esus.ops.verify import VerifyReport, verify_all
 from esus.settings import get_settings
 from tests.handlers.conftest import InProcessStack
@@ -26,7 +29,7 @@ def test_stale_missing_and_repair(local: InProcessStack) -> None:
     # A crash after the version's transaction and before its index items: some of them are missing.
     settings, ddb = get_settings(), local.ddb._client
     victims = [i for i in ddb.scan(TableName=settings.index_table)["Items"]
-               if i["sk"]["S"].endswith("|000000000002") and "|family|" in i["pk"]["S"]]
+               if i["sk"]["S"].endswith("|000000000002") and "|name|" in i["pk"]["S"]]
     assert victims
     for victim in victims:
         ddb.delete_item(TableName=settings.index_table, Key={"pk": victim["pk"], "sk": victim["sk"]})
@@ -51,3 +54,53 @@ def test_an_idx_missing_what_the_content_needs_is_reported(local: InProcessStack
     ddb.put_item(TableName=settings.resources_table, Item=item)
     report = _verify()
     assert any("idx does not list 1 index item" in p for p in report.problems), report.problems
+
+
+def _index_params(local: InProcessStack) -> set[str]:
+    items = local.ddb._client.scan(TableName=get_settings().index_table)["Items"]
+    return {i["pk"]["S"].split("|")[2] for i in items if i["pk"]["S"].startswith("acme|Patient|")}
+
+
+ADDRESSED = {**PATIENT, "address": [{"line": ["534 Erewhon St"], "city": "Pleasantville", "state": "Vic",
+                                     "postalCode": "3999", "country": "AU"}]}
+
+
+def test_name_and_address_parts_are_found_through_the_wider_parameters_items(local: InProcessStack) -> None:
+    """family, given and the address parts write no index items: their lookups read name's and address's, and
+    every candidate is re-checked, so a given name never answers a family search."""
+    pid = local.json(local.request("POST", "/Patient", ADDRESSED))["id"]
+    decoy_body = {"resourceType": "Patient", "name": [{"family": "Peterson", "given": ["Chalmers"]}],
+                  "address": [{"line": ["3999 Vic Rd"], "city": "Erewhon"}]}
+    decoy = local.json(local.request("POST", "/Patient", decoy_body))["id"]
+    assert _index_params(local) >= {"name", "address"}
+    assert not _index_params(local) & {"family", "given", "address-city", "address-state", "address-postalcode",
+                                       "address-country"}
+
+    def found(query: str) -> set[str]:
+        bundle = local.json(local.request("GET", f"/Patient?{query}"))
+        return {e["resource"]["id"] for e in bundle.get("entry", [])}
+
+    assert found("family=chal") == {pid} and found("given=chal") == {decoy} and found("name=chal") == {pid, decoy}
+    assert found("given=pet") == {pid} and found("family=pet") == {decoy}
+    assert found("address-city=pleas") == {pid} and found("address-city=erewhon") == {decoy}
+    assert found("address-postalcode=3999") == {pid} and found("address-state=vic") == {pid}
+    assert found("address-country=au") == {pid} and found("address=3999") == {pid, decoy}
+    assert _verify().ok
+
+
+def test_items_written_before_indexing_under_the_wider_parameter_stay_valid(
+    local: InProcessStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versions stored when family had index items of its own: still found, still verified; an update leaves
+    those items stale, and --repair-index removes them."""
+    with monkeypatch.context() as earlier:
+        earlier.setattr(search_index, "index_terms", search_semantics.value_terms)
+        created = local.json(local.request("POST", "/Patient", PATIENT))
+    assert "family" in _index_params(local)
+    assert local.json(local.request("GET", "/Patient?family=chalm"))["total"] == 1
+    assert _verify().ok
+    local.request("PUT", f"/Patient/{created['id']}", {**created, "name": [{"family": "Baker"}]})
+    assert _verify().ok
+    assert _verify(repair=True).tenant("acme").repaired_index_items > 0
+    assert "family" not in _index_params(local) and _verify().ok
+    assert local.json(local.request("GET", "/Patient?family=baker"))["total"] == 1

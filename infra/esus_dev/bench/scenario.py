@@ -18,15 +18,15 @@ EXAMPLES = SHARED_DATA / "fhir-examples" / "r4"
 
 INTERACTIONS: tuple[Interaction, ...] = (
     Interaction("create Patient", "CreateFunction", 1, design=(
-        "the specification's Patient example needs more search index items than fit beside its version in "
-        "one TransactWriteItems (names, address and telecom words, each as prefix tokens): they go in "
-        "BatchWriteItem calls of 25, side by side with the transaction (docs/SEARCH.md)")),
+        "one TransactWriteItems holds the version, its history, its Provenance and every search index item of "
+        "the specification's Patient example (name, address and telecom words as prefix tokens; family, given "
+        "and the address parts are looked up in name's and address's items, docs/SEARCH.md). A Patient with "
+        "more items than fit sends them in BatchWriteItem calls of 25, side by side with the transaction")),
     Interaction("create Observation", "CreateFunction", 1),
     Interaction("read Patient", "ReadFunction", 1),
     Interaction("vread Patient", "VreadFunction", 1),
     Interaction("update Patient, If-Match", "UpdateFunction", 1, design=(
-        "no read first (index items are keyed by version); the index items go beside the transaction, as "
-        "for create Patient")),
+        "no read first (index items are keyed by version); one TransactWriteItems, as for create Patient")),
     Interaction("update Observation, If-Match", "UpdateFunction", 1),
     Interaction("update Patient, no If-Match", "UpdateFunction", 2),
     Interaction("update Observation, no If-Match", "UpdateFunction", 2),

@@ -6,7 +6,10 @@ Per stored type, per parameter code: its type, its FHIRPath expression cut to th
 start at that type, the reference target types, the target type a `.where(resolve() is T)` demanded
 (fhirpathpy cannot resolve, so the search filters on the reference's type instead), whether every
 element the expression reads is a clear element (then index keys may hold the value itself) and, for the simple
-expressions, the plan that esus.domain.fhirpath_plans walks instead of fhirpathpy (esus_dev.codegen.fhirpath_plans).
+expressions, the plan that esus.domain.fhirpath_plans walks instead of fhirpathpy (esus_dev.codegen.fhirpath_plans),
+and, for a string parameter that reads one part of another string parameter's values (`Patient.name.family` of
+`Patient.name`), that wider parameter (`indexed_under`): its index items already hold every term of the narrow one,
+so the narrow one writes none and is looked up there (docs/SEARCH.md, "Strings").
 Composite, special and phonetic parameters, and parameters without an expression, are left out: they are not
 offered, so the CapabilityStatement never lists them.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from esus.domain.fhir import RESOURCE_TYPES
+from esus.domain.search_semantics import NON_TEXT_PARTS
 from esus.security.phi import CLEAR_COMMON, CLEAR_ELEMENTS, META, META_CLEAR
 from esus_dev.codegen import write_or_check
 from esus_dev.codegen.fhirpath_plans import plan
@@ -32,6 +36,7 @@ SUPPORTED_KINDS = ("number", "date", "string", "token", "reference", "quantity",
 # (Soundex, Metaphone) the definition leaves open, so offering it as a plain string would lie.
 NOT_OFFERED = frozenset({"phonetic"})
 RESOLVE_IS = re.compile(r"\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)")
+MEMBER_PATH = re.compile(r"[A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)+")
 
 
 def split_alternatives(expression: str) -> list[str]:
@@ -108,7 +113,23 @@ def generate(source: Path = SOURCE) -> dict[str, dict[str, dict[str, Any]]]:
             entry = _entry(resource_type, resource)
             if entry is not None:
                 table[resource_type][str(resource["code"])] = entry
+    for params in table.values():
+        _mark_indexed_under(params)
     return {t: dict(sorted(params.items())) for t, params in table.items()}
+
+
+def _mark_indexed_under(params: dict[str, dict[str, Any]]) -> None:
+    """A string parameter whose expression is a plain member path `P.part`, where `P` is the whole expression of
+    another string parameter and `part` one of the text parts esus.domain.search_semantics.string_values takes
+    from P's values, has each of its values among the wider one's values: every index term it would write, the
+    wider one writes too (tests/unit/test_fhirsearch.py holds that on every example)."""
+    wider = {e["expression"]: code for code, e in params.items()
+             if e["type"] == "string" and MEMBER_PATH.fullmatch(e["expression"])}
+    for entry in params.values():
+        whole, _, part = entry["expression"].rpartition(".")
+        if (entry["type"] == "string" and MEMBER_PATH.fullmatch(entry["expression"]) and whole in wider
+                and part not in NON_TEXT_PARTS):
+            entry["indexed_under"] = wider[whole]
 
 
 def render(table: dict[str, dict[str, dict[str, Any]]]) -> str:

@@ -201,8 +201,8 @@ class SearchService:
     def _compartment_partitions(self, tenant: str, resource_type: str, patient_id: str) -> list[str]:
         offered = params_for(resource_type)
         term = f"r:{PATIENT}/{patient_id}"  # the reference term search_semantics.index_terms writes
-        return [self._keys.partition(tenant, offered[code], key) for code in compartment_params(resource_type)
-                for key in self._keys.lookup_keys(tenant, offered[code], term)]
+        return [partition for code in compartment_params(resource_type)
+                for partition in self._keys.lookup_partitions(tenant, offered[code], term)]
 
     # ---------- candidates and the re-check ----------
     def _matches(
@@ -247,10 +247,10 @@ class SearchService:
             return [resource_id for _, resource_id in live]
         chosen = [planned[0], *(p for p in planned[1:] if p[0] <= CHEAP_LOOKUPS)]
         lookups: list[tuple[int, str]] = [
-            (n, self._keys.partition(tenant, criterion.param, key))
+            (n, partition)
             for n, (_, _, criterion, terms) in enumerate(chosen)
             for term in terms
-            for key in self._keys.lookup_keys(tenant, criterion.param, term)
+            for partition in self._keys.lookup_partitions(tenant, criterion.param, term)
         ]
         calls: list[Callable[[], list[str]]] = [
             partial(self._store.index_sort_keys, partition) for _, partition in lookups

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from esus.domain.fhir import PROVENANCE
 from esus.domain.search_legacy import PROVENANCE_REFERENCE_PARAMS
-from esus.domain.search_params import SearchParam, params_for
+from esus.domain.search_params import SearchParam, lookup_param, params_for
 from esus.domain.search_semantics import index_terms
 from esus.model import IndexEntry, Version
 from esus.security.crypto import KeyRing, index_purpose
@@ -106,6 +106,12 @@ class SearchKeys:
             return [term]
         return sorted({self.key(tenant, param, term, kv) for kv in self._keyring.versions()})
 
+    def lookup_partitions(self, tenant: str, param: SearchParam, term: str) -> list[str]:
+        """The partitions holding `term` of `param` under every live key version: those of the wider parameter
+        for one indexed under it (search_params.lookup_param)."""
+        indexed = lookup_param(param)
+        return [self.partition(tenant, indexed, key) for key in self.lookup_keys(tenant, indexed, term)]
+
     def current_version(self) -> str:
         return self._keyring.current_version()
 
@@ -115,8 +121,7 @@ class SearchKeys:
 
     def provenance_partitions(self, tenant: str, code: str, reference: str) -> list[str]:
         """The partitions a Provenance reference is found in, under every live key version."""
-        param = PROVENANCE_REFERENCES[code]
-        return [self.partition(tenant, param, key) for key in self.lookup_keys(tenant, param, reference)]
+        return self.lookup_partitions(tenant, PROVENANCE_REFERENCES[code], reference)
 
     def partition(self, tenant: str, param: SearchParam, key: str) -> str:
         return index_partition(tenant, param.resource_type, param.code, key)

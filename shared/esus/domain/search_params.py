@@ -22,6 +22,9 @@ class SearchParam:
     targets: tuple[str, ...] = ()
     resolve: str | None = None  # `.where(resolve() is T)`: only references to T count
     plan: str | None = field(default=None, compare=False)  # JSON, see esus.domain.fhirpath_plans
+    # A string parameter reading one part of a wider one's values (`family` of `name`): its terms are found in
+    # the wider parameter's index items, so it writes none of its own (docs/SEARCH.md, "Strings").
+    indexed_under: str | None = None
 
     @property
     def key_name(self) -> str:
@@ -39,9 +42,15 @@ def params_for(resource_type: str) -> dict[str, SearchParam]:
     """A type's parameters, built on first use (a function serves a few types; building all costs ~50 ms)."""
     return {
         code: SearchParam(resource_type, code, entry["type"], entry["expression"], bool(entry["clear"]),
-                          tuple(entry.get("targets") or ()), entry.get("resolve"), entry.get("plan"))
+                          tuple(entry.get("targets") or ()), entry.get("resolve"), entry.get("plan"),
+                          entry.get("indexed_under"))
         for code, entry in _raw_table().get(resource_type, {}).items()
     }
+
+
+def lookup_param(param: SearchParam) -> SearchParam:
+    """The parameter whose index partitions a lookup of `param` reads: itself, or the wider one it is indexed under."""
+    return params_for(param.resource_type)[param.indexed_under] if param.indexed_under else param
 
 
 def searchable_types() -> list[str]:

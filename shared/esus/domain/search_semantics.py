@@ -90,6 +90,10 @@ def contact_value(system: str | None, value: str) -> str:
     return value.strip().lower()
 
 
+# Members of a HumanName or Address that are not its text (codes, periods, extensions).
+NON_TEXT_PARTS = frozenset({"use", "period", "extension", "id", "type"})
+
+
 def string_values(value: Any) -> list[str]:
     """The searchable text parts of a string-parameter value (HumanName and Address by part)."""
     if isinstance(value, str):
@@ -97,7 +101,7 @@ def string_values(value: Any) -> list[str]:
     if isinstance(value, dict):
         parts: list[str] = []
         for key, item in value.items():
-            if key in ("use", "period", "extension", "id", "type"):
+            if key in NON_TEXT_PARTS:
                 continue
             parts += [i for i in (item if isinstance(item, list) else [item]) if isinstance(i, str)]
         return parts
@@ -563,7 +567,13 @@ NOT_INDEXED = frozenset({"_id", "_lastUpdated"})  # answered from the key itself
 
 
 def index_terms(param: SearchParam, resource: dict[str, Any]) -> set[str]:
-    """The terms a resource is stored under for one parameter (bounded per value, docs/SEARCH.md)."""
+    """The terms a resource is stored under in one parameter's own index partitions: none for a parameter
+    whose terms its wider parameter's items already hold (`indexed_under`: looked up there)."""
+    return set() if param.indexed_under else value_terms(param, resource)
+
+
+def value_terms(param: SearchParam, resource: dict[str, Any]) -> set[str]:
+    """The terms of one parameter's values in a resource (bounded per value, docs/SEARCH.md)."""
     if param.code in NOT_INDEXED:
         return set()
     found = _normalised(param, extract(param, resource))
