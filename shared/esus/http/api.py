@@ -22,7 +22,7 @@ from aws_lambda_powertools.shared import constants
 from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 
-from esus import snapstart
+from esus import coldstart, snapstart
 from esus.domain.fhir import PROVENANCE, require_type
 from esus.errors import (
     Conflict,
@@ -116,8 +116,7 @@ def tracing_active() -> bool:
     """Powertools' own rule: trace inside Lambda (not under SAM local or Chalice) unless POWERTOOLS_TRACE_DISABLED."""
     if resolve_truthy_env_var_choice(env=os.getenv(constants.TRACER_DISABLED_ENV, "false")):
         return False
-    emulated = os.getenv(constants.SAM_LOCAL_ENV) or os.getenv(constants.CHALICE_LOCAL_ENV)
-    return bool(os.getenv(constants.LAMBDA_TASK_ROOT_ENV)) and not emulated
+    return coldstart.in_lambda()
 
 
 def lambda_entry(app: APIGatewayRestResolver) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
@@ -133,7 +132,7 @@ def lambda_entry(app: APIGatewayRestResolver) -> Callable[[dict[str, Any], Any],
     entry = logger.inject_lambda_context(traced, correlation_id_path=correlation_paths.API_GATEWAY_REST,
                                          clear_state=True)
     snapstart.install()  # only in the init Lambda snapshots: prime before it, reset after each restore
-    return entry
+    return coldstart.collect_after_first_call(entry)
 
 
 # ---------- responses ----------

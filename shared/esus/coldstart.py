@@ -1,0 +1,57 @@
+"""CPython's cyclic garbage collector during a Lambda environment's cold init (docs/BENCH.md, section 3).
+
+Import and the first request build what lives as long as the environment: modules, the generated tables, boto3's
+service models, clients and keys. The collector walks all of it again and again while it is being built: its
+young-generation passes during import, and a full pass during the first request (JSON service models and tables
+allocate enough to trigger one), about 40 ms of a create's cold init on the bench machine. In a warm environment
+each later full pass walks it all again. So, in Lambda only:
+
+- at the end of import, what import built is frozen (`gc.freeze`: moved to a permanent generation that no pass
+  walks) and the collector pauses;
+- after the first request, what that request built is frozen too, and the collector resumes for good.
+
+Cost: garbage in reference cycles made before a freeze is kept for the environment's life instead of being
+collected. Import and one request make little of it (tests/unit/test_coldstart.py bounds it); everything else is
+freed by reference counting, as always. Outside Lambda (tests and the local stack run many functions in one
+process) nothing changes.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aws_lambda_powertools.shared import constants
+
+T = TypeVar("T")
+
+
+def in_lambda() -> bool:
+    """Powertools' own rule: inside Lambda, not under SAM local or Chalice."""
+    emulated = os.getenv(constants.SAM_LOCAL_ENV) or os.getenv(constants.CHALICE_LOCAL_ENV)
+    return bool(os.getenv(constants.LAMBDA_TASK_ROOT_ENV)) and not emulated
+
+
+def collect_after_first_call(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
+    """`handler`, with the collector paused from now (the end of import) until its first call has returned, and what
+    was built until then frozen. Only in Lambda; elsewhere `handler` itself."""
+    if not in_lambda():
+        return handler
+    gc.freeze()
+    gc.disable()
+    first = True
+
+    def entry(event: Any, context: Any) -> T:
+        nonlocal first
+        if not first:
+            return handler(event, context)
+        first = False
+        try:
+            return handler(event, context)
+        finally:
+            gc.freeze()
+            gc.enable()
+
+    return entry
