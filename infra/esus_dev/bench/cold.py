@@ -5,6 +5,7 @@ handler's import keeps stdlib-only top-level imports, so the timing is not flatt
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -57,10 +58,14 @@ def cold_event(client: Client, function: str, n: int) -> dict[str, Any]:
     return events["authorizer" if function == "AuthorizerFunction" else function]
 
 
-def cold_environment(workdir: Path) -> dict[str, str]:
-    """The stack's environment, with bytecode caching on, into a private cache (never into the repo)."""
+def cold_environment(workdir: Path, code_dir: Path | None = None) -> dict[str, str]:
+    """The stack's environment, with bytecode caching on, into a private cache (never into the repo); with
+    `code_dir`, Lambda's LAMBDA_TASK_ROOT too, as in a deployed function (tracing stays off: the stack sets
+    POWERTOOLS_TRACE_DISABLED)."""
     env = {**os.environ, "PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if code_dir is not None:
+        env["LAMBDA_TASK_ROOT"] = str(code_dir)
     return env
 
 
@@ -71,13 +76,14 @@ def run_cold_child(stack: LocalStack, function: str, event: dict[str, Any], work
     command = [sys.executable, *python_flags, "-m", "esus_dev.bench", "--cold-child", function,
                "--event", str(event_file), *(["--prime"] if prime else [])]
     if function == BARE:
-        command += ["--code-dir", str(BARE_CODE_DIR), "--handler", "app.handler"]
+        code_dir, handler = BARE_CODE_DIR, "app.handler"
     else:
         spec = next(s for s in stack.template.functions() if s.logical_id == function)
-        command += ["--code-dir", str(REPO / spec.code_uri), "--handler", spec.handler]
+        code_dir, handler = REPO / spec.code_uri, spec.handler
+    command += ["--code-dir", str(code_dir), "--handler", handler]
     started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, env=cold_environment(workdir),  # noqa: S603
-                               cwd=REPO, timeout=120, check=False)
+    completed = subprocess.run(command, capture_output=True, text=True,  # noqa: S603
+                               env=cold_environment(workdir, code_dir), cwd=REPO, timeout=120, check=False)
     process_s = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(f"cold child {function} failed:\n{completed.stderr[-2000:]}")
@@ -152,6 +158,9 @@ def cold_phase(client: Client, report: Report, repeats: int) -> None:
             import_ratio=statistics.median(m["import_s"] / b["import_s"] for m, b in pairs),
             primed_first_request_ms=(statistics.median(p["first_request_s"] + p["restore_s"] for p in primed[function])
                                      * 1000 if primed.get(function) else None),
+            gc_import_ms=statistics.median(r["gc_import_s"] for r in results) * 1000,
+            gc_first_request_ms=statistics.median(r["gc_first_request_s"] for r in results) * 1000,
+            kept_garbage=max(int(r["kept_garbage"]) for r in results),
         ))
 
 
@@ -170,9 +179,11 @@ def cold_child(function: str, event_file: str, code_dir: str | None, handler_set
     after-restore hook is timed with the request (`restore_s`)."""
     event = json.loads(Path(event_file).read_text())
     assert code_dir and handler_setting
+    pauses = CollectorPauses()
     started = time.perf_counter()
     handler = load_handler(Path(code_dir), handler_setting, f"esus_fn_{function}")
     imported = time.perf_counter()
+    gc_import_s = pauses.take()
     restore_s = 0.0
     if prime:
         from esus import snapstart
@@ -190,8 +201,34 @@ def cold_child(function: str, event_file: str, code_dir: str | None, handler_set
     except Exception as exc:  # the authorizer raises "Unauthorized" by contract
         status = 401 if str(exc) == "Unauthorized" else 500
     done = time.perf_counter()
+    gc_first_request_s = pauses.take()
     calls = recorder.take()
+    # What esus.coldstart's freezes kept that a collection would have freed (garbage in reference cycles): what a
+    # full collection finds once the frozen objects are back, beyond what it finds before.
+    gc.collect()
+    gc.unfreeze()
+    kept_garbage = gc.collect()
     print(json.dumps({
         "import_s": imported - started, "first_request_s": done - before_request, "status": status,
         "calls": dict(call_counts(calls)), "aws_s": waiting_seconds(calls), "restore_s": restore_s,
+        "gc_import_s": gc_import_s, "gc_first_request_s": gc_first_request_s, "kept_garbage": kept_garbage,
     }))
+
+
+class CollectorPauses:
+    """Wall time spent in CPython's cyclic garbage collector (gc.callbacks), taken phase by phase."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._total = 0.0
+        gc.callbacks.append(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._total += time.perf_counter() - self._started
+
+    def take(self) -> float:
+        total, self._total = self._total, 0.0
+        return total

@@ -226,10 +226,18 @@ def render_cold(report: Report) -> list[str]:
         "takes that wall time out of both children of a pair: the function's own work against the bare "
         "handler's, as a lower bound (work the handler's own thread does while calls are in flight is taken out "
         "too). The calls themselves differ by design (a create writes the version, its history, its "
-        "Provenance and a Patient's ~120 search index items where the bare handler reads one item), and moto "
-        "serialises them, where DynamoDB would take the index batches side by side in one round trip.",
-        "- The bench runs as the local stack does, without tracing (`POWERTOOLS_TRACE_DISABLED`, and outside "
-        "Lambda): the X-Ray SDK is not loaded. In Lambda, with tracing on, the Tracer loads it at import.",
+        "Provenance and all of the Patient's search index items in one TransactWriteItems where the bare handler "
+        "reads one item), and moto serialises the calls of every child.",
+        "- Each child runs as a deployed function does, with Lambda's `LAMBDA_TASK_ROOT` set (the function's folder), "
+        "but without tracing (`POWERTOOLS_TRACE_DISABLED`, as the local stack runs): the X-Ray SDK is not loaded. "
+        "In Lambda, with tracing on, the Tracer loads it at import.",
+        "- Garbage collector (esus.coldstart): in Lambda a route function freezes what its import built and pauses "
+        "CPython's cyclic collector until its first request has returned, then freezes that request's objects too "
+        "and resumes it. The bare handler keeps the default collector. Time in collector passes, medians (ms), "
+        "and the garbage the freezes kept (objects in reference cycles a collection would have freed, the most over "
+        "the rounds): " + "; ".join(
+            f"{'bare' if c.function == BARE else c.function} {c.gc_import_ms:.0f} + {c.gc_first_request_ms:.0f}"
+            + (f", kept {c.kept_garbage}" if c.function != BARE else "") for c in report.cold) + ".",
         f"- What CreateFunction's first request imports (`python -X importtime`, self time per top-level package, "
         f"ms, one run; fhir.resources' model modules load through importlib and are not in the log): "
         f"{first or 'not measured'}.",

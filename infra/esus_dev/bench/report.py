@@ -129,6 +129,9 @@ class ColdRow:
     import_ratio: float = 1.0  # the same for the import alone
     own_ratio: float = 1.0  # the same without the time waiting on AWS (moto here) in either child
     primed_first_request_ms: float | None = None  # after esus.snapstart.prime (what a SnapStart restore leaves)
+    gc_import_ms: float = 0.0  # in CPython's cyclic garbage collector, during the import
+    gc_first_request_ms: float = 0.0  # ... and during the first request
+    kept_garbage: int = 0  # objects in garbage cycles esus.coldstart's freezes kept (max over rounds)
 
     @property
     def init_ms(self) -> float:
