@@ -107,6 +107,8 @@ class ResourceCodec:
         clear: dict[str, Any] = {}
         sealed: dict[str, bytes] = {}
         for element, value in resource.items():
+            if element.startswith(SEALED_META_PREFIX):  # no FHIR element name has a dot; this one would read back
+                raise ValueError(f"{element!r} is not an element name")  # as a meta element: refuse, never mix
             if element == META and isinstance(value, dict):  # split: labels clear, the rest sealed per element
                 clear[element] = {}
                 for sub, sub_value in value.items():
