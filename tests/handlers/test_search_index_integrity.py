@@ -104,3 +104,65 @@ def test_items_written_before_indexing_under_the_wider_parameter_stay_valid(
     assert _verify(repair=True).tenant("acme").repaired_index_items > 0
     assert "family" not in _index_params(local) and _verify().ok
     assert local.json(local.request("GET", "/Patient?family=baker"))["total"] == 1
+
+
+def _observation(patient_id: str, code: str = "8867-4") -> dict[str, object]:
+    return {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{patient_id}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}}
+
+
+def _everything(local: InProcessStack, pid: str) -> set[str]:
+    """The compartment's members $everything returns (the Provenance of the Patient's writes left out)."""
+    bundle = local.json(local.request("GET", f"/Patient/{pid}/$everything"))
+    return {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle.get("entry", [])
+            if e["resource"]["resourceType"] != "Provenance"}
+
+
+def test_a_patients_compartment_is_one_partition_read_in_one_query(local: InProcessStack) -> None:
+    """Every member version has one item in its patient's compartment partition (keyed by a token, never the id):
+    $everything finds the members with one Query, whatever the number of types; a member that leaves the
+    compartment stops being returned at once, and its old item is stale until repaired."""
+    pid = local.json(local.request("POST", "/Patient", PATIENT))["id"]
+    other = local.json(local.request("POST", "/Patient", PATIENT))["id"]
+    oid = local.json(local.request("POST", "/Observation", _observation(pid)))["id"]
+    eid = local.json(local.request("POST", "/Encounter", {"resourceType": "Encounter", "status": "finished",
+                                                          "class": {"code": "AMB"},
+                                                          "subject": {"reference": f"Patient/{pid}"}}))["id"]
+    items = local.ddb._client.scan(TableName=get_settings().index_table)["Items"]
+    members = sorted(i["sk"]["S"].rsplit("|", 1)[0] for i in items if "|Patient|_compartment|" in i["pk"]["S"])
+    assert members == sorted([f"Encounter|{eid}", f"Observation|{oid}"])
+    assert not [i for i in items if "_compartment" in i["pk"]["S"] and pid in i["pk"]["S"]]
+
+    local.ddb.calls.clear()
+    assert _everything(local, pid) == {f"Patient/{pid}", f"Observation/{oid}", f"Encounter/{eid}"}
+    assert local.ddb.calls.count("query") <= 2  # the compartment partition, and Provenance's own index
+
+    observation = local.json(local.request("GET", f"/Observation/{oid}"))
+    local.request("PUT", f"/Observation/{oid}", {**observation, "subject": {"reference": f"Patient/{other}"}})
+    assert _everything(local, pid) == {f"Patient/{pid}", f"Encounter/{eid}"}
+    assert _everything(local, other) == {f"Patient/{other}", f"Observation/{oid}"}
+    compartment = local.json(local.request("GET", f"/Patient/{pid}/Observation"))
+    assert compartment["total"] == 0
+    stale = _verify()
+    assert stale.ok and stale.tenant("acme").stale_index_items > 0
+    _verify(repair=True)
+    assert _verify().tenant("acme").stale_index_items == 0
+
+
+def test_members_stored_before_compartment_items_are_added_by_repair(
+    local: InProcessStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Observation written before compartment items existed: `esus verify` reports its idx incomplete, and
+    `--repair-index` writes its item, after which $everything returns it."""
+    pid = local.json(local.request("POST", "/Patient", PATIENT))["id"]
+    with monkeypatch.context() as earlier:
+        earlier.setattr(search_index, "compartment_patients", lambda resource_type, resource: set())
+        oid = local.json(local.request("POST", "/Observation", _observation(pid)))["id"]
+    assert _everything(local, pid) == {f"Patient/{pid}"}
+    report = _verify()
+    assert report.problems == [f"acme|Observation|{oid}: idx does not list 1 index item(s) its content needs "
+                               "(esus verify --repair-index adds them)"]
+    assert _verify(repair=True).ok
+    assert _verify().ok
+    assert _everything(local, pid) == {f"Patient/{pid}", f"Observation/{oid}"}
+    assert local.json(local.request("GET", f"/Patient/{pid}/Observation"))["total"] == 1

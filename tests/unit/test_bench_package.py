@@ -72,3 +72,11 @@ def test_waiting_on_aws_counts_calls_side_by_side_once() -> None:
     side_by_side = [call(1.0, 0.5), call(1.1, 0.5), call(1.2, 0.1)]  # 1.0-1.6
     assert abs(waiting_seconds([*side_by_side, call(2.0, 0.25)]) - 0.85) < 1e-9
     assert abs(waiting_seconds([call(0.0, 1.0), call(0.2, 0.3)]) - 1.0) < 1e-9  # one inside another
+
+
+def test_the_cold_phase_measures_every_route_function() -> None:
+    """The cold-start target holds for every function: a function added to the route table is measured too."""
+    from esus_dev.bench.cold import COLD_REQUESTS
+    from esus_dev.codegen.routes import FUNCTIONS
+
+    assert set(COLD_REQUESTS) == {f"{f.name}Function" for f in FUNCTIONS}

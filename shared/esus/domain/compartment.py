@@ -48,15 +48,21 @@ def compartment_params(resource_type: str) -> tuple[str, ...]:
 def in_compartment(patient_id: str, resource_type: str, resource: dict[str, Any]) -> bool:
     if resource_type == PATIENT and resource.get("id") == patient_id:
         return True
-    wanted = f"{PATIENT}/{patient_id}"
     if resource_type == PROVENANCE:  # its `patient` parameter: the targets that are Patients
-        return wanted in _references(t.get("reference") for t in _dicts(resource.get("target")))
+        return f"{PATIENT}/{patient_id}" in _references(t.get("reference") for t in _dicts(resource.get("target")))
+    return patient_id in compartment_patients(resource_type, resource)
+
+
+def compartment_patients(resource_type: str, resource: dict[str, Any]) -> set[str]:
+    """The ids of the Patients whose compartment this content is in through its type's compartment parameters (a
+    Patient is also in its own: not listed here)."""
     from esus.domain.search_semantics import extract, reference_values  # FHIRPath: not for the authorizer
 
     offered = params_for(resource_type)
-    return any(reference == wanted for code in compartment_params(resource_type)
-               for value in extract(offered[code], resource)
-               for reference in reference_values(offered[code], value))
+    prefix = f"{PATIENT}/"
+    return {reference[len(prefix):] for code in compartment_params(resource_type)
+            for value in extract(offered[code], resource)
+            for reference in reference_values(offered[code], value) if reference.startswith(prefix)}
 
 
 def patients_named(criteria: Iterable[Criterion]) -> set[str]:

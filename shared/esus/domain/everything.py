@@ -2,9 +2,9 @@
 compartment, plus the Practitioners, Organizations, Locations and Medications they reference; `_type`,
 `_since` and `_count`, paged with a signed cursor.
 
-Candidates come from the reference index, keys only: for every compartment type the caller may see, one
-Query per compartment parameter (and live key version) on the term `Patient/{id}`, all side by side, plus
-Provenance's own index. They are ordered (the Patient first, then by type and id) and each page reads only
+Candidates come from the patient's compartment partition, keys only (one Query per live key version, filtered to
+the types the caller may see and asked for; docs/SEARCH.md, "Compartments"), plus Provenance's own index, side by
+side. They are ordered (the Patient first, then by type and id) and each page reads only
 as many current items as it needs, re-checking every one: live, still in the compartment (membership is
 judged on the current version), changed since `_since`, and visible to the caller as if read directly.
 The cursor is the last candidate examined, so a page may hold fewer than `_count` entries.

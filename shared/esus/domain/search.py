@@ -20,7 +20,6 @@ from typing import Any
 
 from esus.domain.compartment import (
     PATIENT,
-    compartment_params,
     compartment_types,
     in_compartment,
     patients_named,
@@ -29,7 +28,7 @@ from esus.domain.compartment import (
 from esus.domain.fhir import PROVENANCE, RESOURCE_TYPES
 from esus.domain.params import last_value, page_size
 from esus.domain.provenance import recorded_key
-from esus.domain.search_index import SearchKeys, in_parallel, parse_sort_key
+from esus.domain.search_index import SearchKeys, in_parallel, parse_compartment_sort_key, parse_sort_key
 from esus.domain.search_legacy import (
     PROVENANCE_REFERENCE_PARAMS,
     RECORDED_PREFIXES,
@@ -187,22 +186,21 @@ class SearchService:
         return canonical if within is None else f"{canonical}|{PATIENT}/{within}"
 
     def compartment_ids(self, tenant: str, patient_id: str, types: list[str]) -> dict[str, set[str]]:
-        """Per type, the ids whose index items reference Patient/{patient_id} through a compartment parameter
-        (a superset to re-check: items of older versions remain): one keys-only Query per parameter and live
-        key version, all side by side. Provenance is not among `types` (it has its own index)."""
-        lookups = [(resource_type, partition) for resource_type in types
-                   for partition in self._compartment_partitions(tenant, resource_type, patient_id)]
-        calls: list[Callable[[], list[str]]] = [partial(self._store.index_sort_keys, p) for _, p in lookups]
+        """Per type, the ids of the members of Patient {patient_id}'s compartment partition (a superset to re-check:
+        items of older versions remain): one keys-only Query per live key version, side by side; for a single
+        type only that type's key range. Provenance is not among `types` (it has its own index)."""
+        prefix = f"{types[0]}|" if len(types) == 1 else ""
+        calls: list[Callable[[], list[str]]] = [
+            partial(self._store.index_sort_keys, partition, prefix=prefix)
+            for partition in self._keys.compartment_partitions(tenant, patient_id)
+        ]
         found: dict[str, set[str]] = {t: ({patient_id} if t == PATIENT else set()) for t in types}
-        for (resource_type, _), sort_keys in zip(lookups, in_parallel(calls), strict=True):
-            found[resource_type].update(parse_sort_key(k)[0] for k in sort_keys)
+        for sort_keys in in_parallel(calls):
+            for sort in sort_keys:
+                resource_type, resource_id, _ = parse_compartment_sort_key(sort)
+                if resource_type in found:
+                    found[resource_type].add(resource_id)
         return found
-
-    def _compartment_partitions(self, tenant: str, resource_type: str, patient_id: str) -> list[str]:
-        offered = params_for(resource_type)
-        term = f"r:{PATIENT}/{patient_id}"  # the reference term search_semantics.index_terms writes
-        return [partition for code in compartment_params(resource_type)
-                for partition in self._keys.lookup_partitions(tenant, offered[code], term)]
 
     # ---------- candidates and the re-check ----------
     def _matches(

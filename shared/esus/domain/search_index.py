@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 from typing import TypeVar
 
+from esus.domain.compartment import PATIENT, compartment_patients
 from esus.domain.fhir import PROVENANCE
 from esus.domain.search_legacy import PROVENANCE_REFERENCE_PARAMS
 from esus.domain.search_params import SearchParam, lookup_param, params_for
@@ -23,7 +24,15 @@ from esus.domain.search_semantics import index_terms
 from esus.model import IndexEntry, Version
 from esus.security.crypto import KeyRing, index_purpose
 from esus.settings import Settings
-from esus.storage.store import BATCH_WRITE_LIMIT, Store, index_partition
+from esus.storage.store import (
+    BATCH_WRITE_LIMIT,
+    COMPARTMENT,
+    Store,
+    compartment_partition,
+    index_partition,
+    is_compartment_partition,
+    split_index_partition,
+)
 
 T = TypeVar("T")
 
@@ -62,12 +71,36 @@ def parse_sort_key(sort: str) -> tuple[str, int]:
 PROVENANCE_REFERENCES: dict[str, SearchParam] = {
     code: SearchParam(PROVENANCE, code, "reference", "", clear=False) for code in PROVENANCE_REFERENCE_PARAMS
 }
+# A patient's compartment partition is keyed like a reference parameter: a 128-bit token of `Patient/{id}` under
+# its own per-tenant key.
+COMPARTMENT_KEY = SearchParam(PATIENT, COMPARTMENT, "reference", "", clear=False)
+
+
+def compartment_sort_key(resource_type: str, resource_id: str, version: int) -> str:
+    """A compartment item's sort key: the member's type first, so one type's members are a key range."""
+    return f"{resource_type}|{sort_key(resource_id, version)}"
+
+
+def parse_compartment_sort_key(sort: str) -> tuple[str, str, int]:
+    resource_type, _, rest = sort.partition("|")
+    return (resource_type, *parse_sort_key(rest))
 
 
 def search_entry_from_ref(ref: str) -> IndexEntry:
-    """An `idx` ref of a search index item (sort key id|version) as the entry it names."""
+    """An `idx` ref of a search index item (sort key id|version) or of a compartment item (Type|id|version) as the
+    entry it names."""
     entry = IndexEntry.from_ref(ref)
-    return IndexEntry(entry.partition, entry.sort, parse_sort_key(entry.sort)[0])
+    return IndexEntry(entry.partition, entry.sort, index_owner(entry.partition, entry.sort)[1])
+
+
+def index_owner(partition: str, sort: str) -> tuple[str, str]:
+    """(type, id) of the resource a search index or compartment item belongs to."""
+    if is_compartment_partition(partition):
+        resource_type, resource_id, _ = parse_compartment_sort_key(sort)
+        return resource_type, resource_id
+    parts = split_index_partition(partition)
+    assert parts is not None, "a search index partition"
+    return parts[1], parse_sort_key(sort)[0]
 
 
 class SearchKeys:
@@ -126,8 +159,14 @@ class SearchKeys:
     def partition(self, tenant: str, param: SearchParam, key: str) -> str:
         return index_partition(tenant, param.resource_type, param.code, key)
 
+    def compartment_partitions(self, tenant: str, patient_id: str) -> list[str]:
+        """Patient {patient_id}'s compartment partition under every live key version."""
+        reference = f"{PATIENT}/{patient_id}"
+        return [compartment_partition(tenant, key) for key in self.lookup_keys(tenant, COMPARTMENT_KEY, reference)]
+
     def entries(self, tenant: str, version: Version) -> list[IndexEntry]:
-        """Every index item of one version (none for a delete)."""
+        """Every index item of one version (none for a delete): its search index items, then one item in the
+        compartment of each Patient it belongs to."""
         if version.resource is None:
             return []
         found: list[IndexEntry] = []
@@ -136,6 +175,10 @@ class SearchKeys:
             for term in sorted(index_terms(param, version.resource)):
                 partition = self.partition(tenant, param, self.key(tenant, param, term))
                 found.append(IndexEntry(partition, sort, version.resource_id))
+        member = compartment_sort_key(version.resource_type, version.resource_id, version.version)
+        for patient_id in sorted(compartment_patients(version.resource_type, version.resource)):
+            key = self.key(tenant, COMPARTMENT_KEY, f"{PATIENT}/{patient_id}")
+            found.append(IndexEntry(compartment_partition(tenant, key), member, version.resource_id))
         return found
 
 

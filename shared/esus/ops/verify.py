@@ -60,7 +60,7 @@ from typing import Any
 
 from esus.container import Services
 from esus.domain.fhir import PROVENANCE
-from esus.domain.search_index import SearchKeys, parse_sort_key, search_entry_from_ref
+from esus.domain.search_index import SearchKeys, index_owner, search_entry_from_ref
 from esus.domain.search_params import params_for
 from esus.model import IndexEntry, Version
 from esus.security.crypto import IntegrityFailure
@@ -71,6 +71,7 @@ from esus.storage.store import (
     change_log_partition,
     change_log_sort,
     index_sort_id,
+    is_compartment_partition,
     key_tenant,
     resource_key,
     split_index_partition,
@@ -293,18 +294,30 @@ class _Checker:
             problems += [f"{key}: index item {e.partition} is missing (esus verify --repair-index writes it)"
                          for e in missing]
         if current is not None and current.resource is not None:
-            problems += self._unlisted_index(key, tenant, current, set(refs))
+            # Only an otherwise sound resource is reindexed: a repair must not re-seal a current item found damaged.
+            problems += self._unlisted_index(key, tenant, current, item, repair=self.repair_index and not problems)
         return problems, len(numbers)
 
-    def _unlisted_index(self, key: str, tenant: str, current: Version, listed: set[str]) -> list[str]:
+    def _unlisted_index(self, key: str, tenant: str, current: Version, item: dict[str, Any],
+                        repair: bool) -> list[str]:
         """`idx` must list every index item the content needs. Tokens carry their key version, so the
-        recomputation (under the current key) is comparable only once the item is under that key."""
-        current_kv = f"k{self.keyring.current_version()}."
-        if any(_sealed_key(ref) and not _sealed_key(ref).startswith(current_kv) for ref in listed):
+        recomputation (under the current key) is comparable only once the item is under that key. Items of a
+        kind added since the version was written (a patient's compartment) are unlisted too: `--repair-index`
+        writes them and rewrites the current item's `idx` (conditioned on its version)."""
+        listed = set(items.index_refs(item))
+        current_kv = self.keyring.current_version()
+        if any(_sealed_key(ref) and not _sealed_key(ref).startswith(f"k{current_kv}.") for ref in listed):
             return []  # tokens under an older key: `esus reencrypt` moves them, then it is checked
         needed = {e.ref for e in self.resources.index_entries(tenant, current)}
         unlisted = needed - listed
-        return [f"{key}: idx does not list {len(unlisted)} index item(s) its content needs"] if unlisted else []
+        if not unlisted:
+            return []
+        if repair and self.store.reencrypt_version_item(
+                self.settings.resources_table, item, current_kv, self.resources.index_entries, reindex=True):
+            self.report.tenant(tenant).repaired_index_items += len(unlisted)
+            return []
+        return [f"{key}: idx does not list {len(unlisted)} index item(s) its content needs (esus verify "
+                "--repair-index adds them)"]
 
     def _decode(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any], label: str,
                 problems: list[str]) -> Version | None:
@@ -381,7 +394,7 @@ class _Checker:
                 if self._in_transaction(tenant, items.lock(item)):
                     continue
                 if is_search_partition(partition):
-                    searchable.append(IndexEntry(partition, sort, parse_sort_key(sort)[0]))
+                    searchable.append(IndexEntry(partition, sort, index_owner(partition, sort)[1]))
             stale = self._unowned(searchable)
             if stale and self.repair_index:
                 self.store.delete_index_items([e.ref for e in stale])
@@ -392,8 +405,7 @@ class _Checker:
 
     def _unowned(self, entries: list[IndexEntry]) -> list[IndexEntry]:
         def owner(entry: IndexEntry) -> str:
-            tenant, resource_type, _, _ = _search_partition(entry.partition)
-            return resource_key(tenant, resource_type, entry.resource_id)
+            return resource_key(key_tenant(entry.partition), *index_owner(entry.partition, entry.sort))
 
         owners = self.store.get_many(self.settings.resources_table, [items.current_key(owner(e)) for e in entries],
                                      attributes=items.OWNER_ATTRIBUTES)
@@ -441,23 +453,21 @@ class _Checker:
 
 
 def is_search_partition(partition: str) -> bool:
-    """tenant|Type|param|key of a search parameter of a resource type (Provenance keeps its own index,
-    checked with the Provenance records; change-log and guard partitions are not search items)."""
+    """tenant|Type|param|key of a search parameter of a resource type, or a patient's compartment (Provenance keeps
+    its own index, checked with the Provenance records; change-log and guard partitions are not search items)."""
     parts = split_index_partition(partition)
-    return parts is not None and parts[1] != PROVENANCE and parts[2] in params_for(parts[1])
-
-
-def _search_partition(partition: str) -> tuple[str, str, str, str]:
-    parts = split_index_partition(partition)
-    assert parts is not None, "a search index partition"
-    return parts
+    return parts is not None and parts[1] != PROVENANCE and (
+        parts[2] in params_for(parts[1]) or is_compartment_partition(partition))
 
 
 def _sealed_key(ref: str) -> str:
-    """The HMAC token (`k<version>.<hex>`) of a search index ref on a sealed element, else ""."""
-    parts = split_index_partition(IndexEntry.from_ref(ref).partition)
-    param = params_for(parts[1]).get(parts[2]) if parts is not None else None
-    return parts[3] if parts is not None and param is not None and not param.clear else ""
+    """The HMAC token (`k<version>.<hex>`) of a search index or compartment ref on sealed values, else ""."""
+    partition = IndexEntry.from_ref(ref).partition
+    parts = split_index_partition(partition)
+    if parts is None:
+        return ""
+    param = params_for(parts[1]).get(parts[2])
+    return parts[3] if is_compartment_partition(partition) or (param is not None and not param.clear) else ""
 
 
 def _content(version: Version) -> tuple[Any, ...]:

@@ -73,6 +73,20 @@ def index_partition(tenant: str, resource_type: str, param: str, value: str) -> 
     return f"{tenant}|{resource_type}|{param}|{value}"
 
 
+# A patient's compartment (docs/SEARCH.md, "Compartments"): `tenant|Patient|_compartment|<token of the patient>`,
+# one item per member version, sort key `Type|id|version`. No search parameter is named so.
+COMPARTMENT = "_compartment"
+
+
+def compartment_partition(tenant: str, key: str) -> str:
+    return index_partition(tenant, "Patient", COMPARTMENT, key)
+
+
+def is_compartment_partition(partition: str) -> bool:
+    parts = split_index_partition(partition)
+    return parts is not None and parts[1:3] == ("Patient", COMPARTMENT)
+
+
 def split_index_partition(partition: str) -> tuple[str, str, str, str] | None:
     """index_partition's inverse: (tenant, type, param, value); None for the index table's other
     partitions (change logs, transaction records)."""
@@ -289,16 +303,17 @@ class Store:
         items = [_plain(item) for item in self._batch_get(self._s.provenance_table, keys)]
         return [self._provenance(tenant, item) for item in items if self._visible(tenant, item)]
 
-    def index_sort_keys(self, partition: str, resolve: bool = False) -> list[str]:
-        """All sort keys of one index partition (keys only: small items, one Query per 1 MB). `resolve`:
-        leave out items a large transaction marked and has not committed (Provenance index items; search
-        index items are never marked: searches re-check every candidate's current version)."""
+    def index_sort_keys(self, partition: str, resolve: bool = False, prefix: str = "") -> list[str]:
+        """All sort keys of one index partition (keys only: small items, one Query per 1 MB), or those that
+        begin with `prefix`. `resolve`: leave out items a large transaction marked and has not committed
+        (Provenance index items; search index items are never marked: searches re-check every candidate's
+        current version)."""
         sort_keys: list[str] = []
         tenant = key_tenant(partition)
         kwargs: dict[str, Any] = {
             "TableName": self._s.index_table,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": _av(partition)},
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)" if prefix else "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _av(partition), **({":prefix": _av(prefix)} if prefix else {})},
             "ProjectionExpression": "sk, tx, ltx, ltxe" if resolve else "sk",
             "ConsistentRead": True,
         }
@@ -679,11 +694,12 @@ class Store:
 
     def reencrypt_version_item(
         self, table: str, item: dict[str, Any], current_kv: str,
-        index_entries: Callable[[str, Version], list[IndexEntry]] | None = None,
+        index_entries: Callable[[str, Version], list[IndexEntry]] | None = None, reindex: bool = False,
     ) -> bool:
         """Re-seal one resources/history item under the current key version (and, for current items,
-        move its index items to current-version tokens), conditioned on the version it had."""
-        if "tx" in item or not self._is_stale(item, current_kv):
+        move its index items to current-version tokens), conditioned on the version it had. `reindex`: a current
+        item under the current key too (its `idx` lacks items its content needs: written before they existed)."""
+        if "tx" in item or not (reindex or self._is_stale(item, current_kv)):
             return False  # a large transaction's item: its roll-forward or roll-back rewrites it
         pk = str(item["pk"])
         tenant, resource_type, resource_id = split_resource_key(pk)
