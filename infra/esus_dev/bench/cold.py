@@ -22,40 +22,71 @@ from esus_dev.bench.gateway import Client, TableJanitor
 from esus_dev.bench.profile import package_self_times
 from esus_dev.bench.recorder import call_counts, install_default_session_recorder, waiting_seconds
 from esus_dev.bench.report import BARE, ColdRow, Report
-from esus_dev.bench.scenario import patient_body, revised
+from esus_dev.bench.scenario import observation_body, patient_body, revised
 from esus_dev.localstack.lambda_runtime import LambdaContext, load_handler
 
 if TYPE_CHECKING:
     from esus_dev.localstack.stack import LocalStack
 
 FIRST_REQUEST_MARK = "esus-bench: first request"  # on the child's stderr, between import and first request
+# Every route function's cold first request (the template's functions; a test holds the two equal).
 COLD_REQUESTS: dict[str, tuple[str, str]] = {
     "MetadataFunction": ("GET", "/fhir/metadata"),
+    "OpenApiFunction": ("GET", "/fhir/openapi.json"),
+    "SmartConfigurationFunction": ("GET", "/fhir/.well-known/smart-configuration"),
     "AuthorizerFunction": ("GET", "/fhir/Patient/{pid}"),
     "CreateFunction": ("POST", "/fhir/Patient"),
     "ReadFunction": ("GET", "/fhir/Patient/{pid}"),
     "VreadFunction": ("GET", "/fhir/Patient/{pid}/_history/1"),
     "UpdateFunction": ("PUT", "/fhir/Patient/{pid}"),
+    "PatchFunction": ("PATCH", "/fhir/Patient/{pid}"),
     "DeleteFunction": ("DELETE", "/fhir/Patient/{pid}"),
+    "ConditionalUpdateFunction": ("PUT", "/fhir/Patient?phone={phone}"),
+    "ConditionalDeleteFunction": ("DELETE", "/fhir/Patient?phone={phone}"),
     "HistoryFunction": ("GET", "/fhir/Patient/{pid}/_history"),
+    "TypeHistoryFunction": ("GET", "/fhir/Patient/_history"),
+    "SystemHistoryFunction": ("GET", "/fhir/_history"),
     "SearchFunction": ("GET", "/fhir/Patient?phone={phone}"),
+    "CompartmentSearchFunction": ("GET", "/fhir/Patient/{pid}/Observation"),
+    "EverythingFunction": ("GET", "/fhir/Patient/{pid}/$everything"),
+    "BundleFunction": ("POST", "/fhir"),
 }
+JSON_PATCH = "application/json-patch+json"
 
 
 def cold_event(client: Client, function: str, n: int) -> dict[str, Any]:
-    """A fresh first request for `function` (a new Patient each time, so delete/update do real work)."""
+    """A fresh first request for `function` (a new Patient, with an Observation, each time, so that every route
+    does real work)."""
     phone = f"+1 666 {n // 10000 % 1000:03d} {n % 10000:04d}"
     patient = client.call("cold setup", "POST", "/fhir/Patient", patient_body(phone, f"cold{n}@example.org"),
                           201).body
+    client.call("cold setup", "POST", "/fhir/Observation", observation_body(patient["id"]), 201)
     method, template = COLD_REQUESTS[function]
     path = template.format(pid=patient["id"], phone=phone.replace(" ", ""))
-    body = None
-    if method == "POST":
+    body: Any = None
+    headers: dict[str, str] = {}
+    if method == "POST" and path == "/fhir":
+        body = transaction_body(phone, n)
+    elif method == "POST":
         body = patient_body(phone, f"cold{n}@example.org")
     elif method == "PUT":
         body = revised(patient, gender="other")
-    events = client.capture(method, path, body)
+    elif method == "PATCH":
+        body, headers = [{"op": "replace", "path": "/gender", "value": "other"}], {"Content-Type": JSON_PATCH}
+    events = client.capture(method, path, body, headers)
     return events["authorizer" if function == "AuthorizerFunction" else function]
+
+
+def transaction_body(phone: str, n: int) -> dict[str, Any]:
+    """A transaction Bundle of a new Patient and an Observation that references it (urn:uuid)."""
+    patient_ref = f"urn:uuid:{uuid.UUID(int=n)}"
+    observation = observation_body("placeholder")
+    observation["subject"] = {"reference": patient_ref}
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": patient_ref, "resource": patient_body(phone, f"cold-tx{n}@example.org"),
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": observation, "request": {"method": "POST", "url": "Observation"}},
+    ]}
 
 
 def cold_environment(workdir: Path, code_dir: Path | None = None) -> dict[str, str]:

@@ -90,12 +90,13 @@ class Client:
         """The last request's number of returned (or, for _summary=count, counted) search results."""
         self.samples[-1].results = results
 
-    def capture(self, method: str, path: str, body: Any = None) -> dict[str, dict[str, Any]]:
+    def capture(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
         """The events API Gateway would hand the authorizer and the route, without running the route."""
         self.timer.captured = []
         try:
             raw = json.dumps(body).encode() if body is not None else b""
-            result: GatewayResult = self.stack.handle(method, path, self.headers(), raw, "bench.local")
+            result: GatewayResult = self.stack.handle(method, path, self.headers(headers), raw, "bench.local")
             if result.status != 200:
                 raise RuntimeError(f"capture {method} {path}: {result.status} {result.body[:200]!r}")
             events = {"authorizer" if e.get("type") == TOKEN_EVENT else logical_id: e
