@@ -7,6 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from esus.coldstart import collect_after_first_call
 from esus.errors import Unauthorized
 from esus.security.auth import KeysUnavailable, TokenVerifier, authorizer_context
 from esus.settings import get_settings
@@ -19,7 +20,7 @@ def verifier() -> TokenVerifier:
     return TokenVerifier(get_settings())
 
 
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def authorize(event: dict[str, Any], context: Any) -> dict[str, Any]:
     header = str(event.get("authorizationToken") or "")
     scheme, _, token = header.partition(" ")
     try:
@@ -44,3 +45,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         },
         "context": authorizer_context(claims),
     }
+
+
+handler = collect_after_first_call(authorize)

@@ -1,10 +1,8 @@
 """POST /fhir: a transaction Bundle (all or nothing: docs/TRANSACTIONS.md) or a batch Bundle."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
 from esus.domain.provenance import parse_x_provenance
-from esus.http.api import FhirRequest, create_app, lambda_entry, write_bundle_response
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry, write_bundle_response
 from esus.http.bundle_render import response_bundle
 
 app = create_app()

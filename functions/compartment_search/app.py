@@ -1,12 +1,10 @@
 """GET /fhir/Patient/{id}/{type}?…: a search of `type` within the patient's compartment (FHIR compartment search)."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
 from esus.domain.compartment import PATIENT
 from esus.domain.fhir import require_id
 from esus.errors import NotFound
-from esus.http.api import FhirRequest, create_app, lambda_entry
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry
 from esus.http.searchset import search_response
 
 app = create_app()

@@ -1,10 +1,8 @@
 """PUT /fhir/{type}?<search>: conditional update (0 matches: create, 1: update, more: 412)."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
 from esus.domain.provenance import parse_x_provenance
-from esus.http.api import FhirRequest, create_app, lambda_entry, write_response
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry, write_response
 
 app = create_app()
 

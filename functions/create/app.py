@@ -1,12 +1,10 @@
 """POST /fhir/{type}: create a resource (version 1; conditional with If-None-Exist) or record a Provenance. A Binary
 may also be sent as raw content in its own Content-Type (esus.http.binary)."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
 from esus.domain.fhir import PROVENANCE
 from esus.domain.provenance import parse_x_provenance
-from esus.http.api import FhirRequest, create_app, lambda_entry, provenance_version, write_response
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry, provenance_version, write_response
 from esus.http.binary import request_body
 
 app = create_app()

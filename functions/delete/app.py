@@ -1,10 +1,8 @@
 """DELETE /fhir/{type}/{id}: soft delete recorded as a new version; idempotent."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
 from esus.domain.provenance import parse_x_provenance
-from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry, version_headers
+from esus.http.api import FhirRequest, Response, create_app, fhir_response, lambda_entry, version_headers
 
 app = create_app()
 

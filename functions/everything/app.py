@@ -1,12 +1,10 @@
 """GET /fhir/Patient/{id}/$everything: the patient's record (its compartment and what it references), paged."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
 from esus.domain.compartment import PATIENT
 from esus.domain.fhir import require_id
 from esus.errors import NotFound
-from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.api import FhirRequest, Response, create_app, fhir_response, lambda_entry
 from esus.http.bundle_render import page_bundle
 
 app = create_app()

@@ -1,8 +1,6 @@
 """GET /fhir/metadata: the CapabilityStatement (no authentication)."""
 
-from aws_lambda_powertools.event_handler import Response
-
-from esus.http.api import FhirRequest, create_app, fhir_response, lambda_entry
+from esus.http.api import FhirRequest, Response, create_app, fhir_response, lambda_entry
 from esus.http.capability import capability_statement
 from esus.settings import get_settings
 

@@ -2,9 +2,7 @@
 
 import json
 
-from aws_lambda_powertools.event_handler import Response
-
-from esus.http.api import FhirRequest, create_app, lambda_entry
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry
 from esus.http.openapi import openapi_document
 
 app = create_app()

@@ -3,11 +3,9 @@ when Accept asks for it (esus.http.binary)."""
 
 from typing import Any
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
 from esus.domain.fhir import PROVENANCE
-from esus.http.api import FhirRequest, create_app, lambda_entry, provenance_version, resource_response
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry, provenance_version, resource_response
 from esus.http.binary import read_response
 
 app = create_app()

@@ -1,9 +1,7 @@
 """GET /fhir/{type}?… and POST /fhir/{type}/_search: searchset Bundles (with _include/_revinclude)."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
-from esus.http.api import FhirRequest, create_app, lambda_entry
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry
 from esus.http.searchset import search_response
 
 app = create_app()

@@ -2,9 +2,7 @@
 
 import json
 
-from aws_lambda_powertools.event_handler import Response
-
-from esus.http.api import create_app, lambda_entry
+from esus.http.api import Response, create_app, lambda_entry
 from esus.http.capability import smart_configuration
 from esus.settings import get_settings
 

@@ -1,9 +1,7 @@
 """GET /fhir/_history: every change in the tenant, newest first, paged (needs search on all types)."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
-from esus.http.api import FhirRequest, create_app, lambda_entry, page_response
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry, page_response
 from esus.http.bundle_render import history_bundle
 from esus.security.auth import ALL_TYPES
 

@@ -1,9 +1,7 @@
 """GET /fhir/{type}/_history: every change to resources of one type, newest first, paged."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
-from esus.http.api import FhirRequest, create_app, lambda_entry, page_response
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry, page_response
 from esus.http.bundle_render import history_bundle
 
 app = create_app()

@@ -1,11 +1,9 @@
 """PUT /fhir/{type}/{id}: update (If-Match honoured), update-as-create, revive after delete. A Binary may also be
 sent as raw content in its own Content-Type (esus.http.binary)."""
 
-from aws_lambda_powertools.event_handler import Response
-
 from esus.container import services
 from esus.domain.provenance import parse_x_provenance
-from esus.http.api import FhirRequest, create_app, lambda_entry, write_response
+from esus.http.api import FhirRequest, Response, create_app, lambda_entry, write_response
 from esus.http.binary import request_body
 
 app = create_app()

@@ -2,18 +2,23 @@
 
 Import and the first request build what lives as long as the environment: modules, the generated tables, boto3's
 service models, clients and keys. The collector walks all of it again and again while it is being built: its
-young-generation passes during import, and a full pass during the first request (JSON service models and tables
-allocate enough to trigger one), about 40 ms of a create's cold init on the bench machine. In a warm environment
-each later full pass walks it all again. So, in Lambda only:
+young-generation passes during import (~13 ms of a create's), and a full pass during the first request (JSON
+service models and tables allocate enough to trigger one, ~20 ms), about 40 ms of a create's cold init on the
+bench machine. In a warm environment each later full pass walks it all again. So, in Lambda only:
 
-- at the end of import, what import built is frozen (`gc.freeze`: moved to a permanent generation that no pass
-  walks) and the collector pauses;
-- after the first request, what that request built is frozen too, and the collector resumes for good.
+- the first import of the `esus` package (a route function's first import) pauses the collector;
+- at the end of a function module's import, what import built is frozen (`gc.freeze`: moved to a permanent
+  generation that no pass walks);
+- after the function's first call, what that call built is frozen too, and the collector resumes for good.
+
+Every function module under functions/ therefore wraps its handler with `collect_after_first_call` (route
+functions through esus.http.api.lambda_entry) and imports nothing third-party before `esus`
+(tests/unit/test_coldstart.py holds both).
 
 Cost: garbage in reference cycles made before a freeze is kept for the environment's life instead of being
-collected. Import and one request make little of it (tests/unit/test_coldstart.py bounds it); everything else is
-freed by reference counting, as always. Outside Lambda (tests and the local stack run many functions in one
-process) nothing changes.
+collected. Import and one request make little of it (docs/BENCH.md counts it: a few dozen objects); everything
+else is freed by reference counting, as always. Outside Lambda (tests and the local stack run many functions in
+one process) nothing changes.
 """
 
 from __future__ import annotations
@@ -23,15 +28,22 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from aws_lambda_powertools.shared import constants
-
 T = TypeVar("T")
+# Powertools' names (aws_lambda_powertools.shared.constants; a test holds them equal), spelled out here because
+# this module is imported before any third-party package.
+LAMBDA_TASK_ROOT_ENV, SAM_LOCAL_ENV, CHALICE_LOCAL_ENV = "LAMBDA_TASK_ROOT", "AWS_SAM_LOCAL", "AWS_CHALICE_CLI_MODE"
 
 
 def in_lambda() -> bool:
     """Powertools' own rule: inside Lambda, not under SAM local or Chalice."""
-    emulated = os.getenv(constants.SAM_LOCAL_ENV) or os.getenv(constants.CHALICE_LOCAL_ENV)
-    return bool(os.getenv(constants.LAMBDA_TASK_ROOT_ENV)) and not emulated
+    emulated = os.getenv(SAM_LOCAL_ENV) or os.getenv(CHALICE_LOCAL_ENV)
+    return bool(os.getenv(LAMBDA_TASK_ROOT_ENV)) and not emulated
+
+
+def pause_for_init() -> None:
+    """In Lambda, pause the collector until collect_after_first_call's first call has returned."""
+    if in_lambda():
+        gc.disable()
 
 
 def collect_after_first_call(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
