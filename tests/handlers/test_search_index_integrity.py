@@ -136,6 +136,8 @@ def test_a_patients_compartment_is_one_partition_read_in_one_query(local: InProc
     local.ddb.calls.clear()
     assert _everything(local, pid) == {f"Patient/{pid}", f"Observation/{oid}", f"Encounter/{eid}"}
     assert local.ddb.calls.count("query") <= 2  # the compartment partition, and Provenance's own index
+    # the members of every type together, the Provenances beside them, then what they reference (the agent)
+    assert local.ddb.calls.count("batch_get_item") == 3
 
     observation = local.json(local.request("GET", f"/Observation/{oid}"))
     local.request("PUT", f"/Observation/{oid}", {**observation, "subject": {"reference": f"Patient/{other}"}})

@@ -40,10 +40,10 @@ def render_compartment(report: Report) -> list[str]:
         "## Patient compartment",
         "",
         f"One Synthea patient, {report.compartment[0].source}, loaded once; every page requested by following the "
-        "`next` links (the first run warms up, the others are timed). `$everything` looks up every compartment "
-        "parameter of every type the token may see in the reference index (keys-only Queries, 8 side by side), "
-        "then reads the page's candidates and what they reference (BatchGetItem per type); a compartment search "
-        "looks up only its type's compartment parameters. DynamoDB calls are counted per page.",
+        "`next` links (the first run warms up, the others are timed). `$everything` reads the patient's "
+        "compartment partition and Provenance's `patient` index (keys-only Queries, side by side), then the page's "
+        "candidates and what they reference (BatchGetItem per type); a compartment search reads only its type's "
+        "range of the partition (docs/SEARCH.md, \"Compartments\"). DynamoDB calls are counted per page.",
         "",
         *table(["Read", "Request", "Pages", "Entries", "DynamoDB calls per page", "Mean calls per page",
                 "Handler ms (median)", "Handler ms (max)"], rows, "llrrllrr"),

@@ -17,7 +17,6 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from esus.domain.compartment import PATIENT, compartment_types, in_compartment, may_see_type, visible
@@ -26,7 +25,7 @@ from esus.domain.includes import IncludeService
 from esus.domain.params import instant_param, last_value, page_size
 from esus.domain.resources import ResourceService
 from esus.domain.search import SearchService
-from esus.domain.search_index import in_parallel, pool
+from esus.domain.search_index import pool
 from esus.errors import InvalidRequest
 from esus.security.auth import Principal
 from esus.security.crypto import CursorSigner
@@ -125,8 +124,7 @@ class EverythingService:
         for key in keys:
             _, resource_type, resource_id = key.split("|", 2)
             wanted[resource_type].add(resource_id)
-        calls = [partial(self._includes.current, tenant, {t: ids}) for t, ids in sorted(wanted.items())]
-        return {(r["resourceType"], r["id"]): r for batch in in_parallel(calls) for r in batch}
+        return {(r["resourceType"], r["id"]): r for r in self._includes.current(tenant, wanted)}
 
     def _referenced(
         self, principal: Principal, page: list[dict[str, Any]], types: list[str], since: str | None,

@@ -11,13 +11,15 @@ caller's tenant, and each one must be visible to the caller as if it had read it
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from esus.domain.compartment import visible
 from esus.domain.fhir import PROVENANCE, REFERENCE_PATTERN, SUPPORTED_TYPES
 from esus.domain.search import SearchService
+from esus.domain.search_index import in_parallel
 from esus.domain.search_legacy import PROVENANCE_REFERENCE_PARAMS
 from esus.domain.search_params import params_for
 from esus.errors import InvalidRequest
@@ -139,15 +141,16 @@ class IncludeService:
         return self.current(tenant, wanted)
 
     def current(self, tenant: str, wanted: dict[str, set[str]]) -> list[dict[str, Any]]:
-        """The live current versions of these resources (unknown and deleted ones left out)."""
-        found: list[dict[str, Any]] = []
-        for resource_type, ids in sorted(wanted.items()):
-            if resource_type == PROVENANCE:
-                found += self._store.provenances(tenant, sorted(ids))
-            else:
-                found += [v.resource for v in self._store.currents(tenant, resource_type, sorted(ids))
-                          if not v.deleted and v.resource is not None]
-        return found
+        """The live current versions of these resources (unknown and deleted ones left out): those of every type
+        read together, Provenance records (their own table) beside them."""
+        keys = [(t, i) for t, ids in sorted(wanted.items()) if t != PROVENANCE for i in sorted(ids)]
+        calls: list[Callable[[], list[dict[str, Any]]]] = []
+        if keys:
+            calls.append(lambda: [v.resource for v in self._store.currents_of(tenant, keys)
+                                  if not v.deleted and v.resource is not None])
+        if wanted.get(PROVENANCE):
+            calls.append(partial(self._store.provenances, tenant, sorted(wanted[PROVENANCE])))
+        return [resource for found in in_parallel(calls) for resource in found]
 
     def _reverse(self, tenant: str, include: Include, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
         references = sorted(f"{r['resourceType']}/{r['id']}" for r in targets

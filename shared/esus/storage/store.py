@@ -282,12 +282,17 @@ class Store:
         return [found[(f"{t}/{i}", int(v))] for t, i, v in refs if (f"{t}/{i}", int(v)) in found]
 
     def currents(self, tenant: str, resource_type: str, ids: Sequence[str]) -> list[Version]:
-        keys = [{"pk": _av(resource_key(tenant, resource_type, i))} for i in ids]
+        return self.currents_of(tenant, [(resource_type, i) for i in ids])
+
+    def currents_of(self, tenant: str, resources: Sequence[tuple[str, str]]) -> list[Version]:
+        """The current versions of these (type, id), of any types, read together (BatchGetItem, 100 keys a call);
+        absent ones are left out."""
+        keys = [{"pk": _av(resource_key(tenant, resource_type, i))} for resource_type, i in resources]
         items = [_plain(item) for item in self._batch_get(self._s.resources_table, keys)]
         found: list[Version] = []
         pending: list[dict[str, Any]] = []  # locked by a committed transaction: the version is its history item
         for plain in items:
-            resource_id = str(plain["pk"]).rsplit("|", 1)[1]
+            _, resource_type, resource_id = split_resource_key(str(plain["pk"]))
             if "tx" in plain and self._committed(tenant, str(plain["tx"])):
                 pending.append({"pk": plain["pk"], "v": int(plain["txv"])})
             elif "tx" not in plain or "v" in plain:  # else a placeholder of a transaction not committed
@@ -295,7 +300,8 @@ class Store:
                     self._note_rolled_forward(plain)
                 found.append(self._version(tenant, resource_type, resource_id, plain))
         for item in self.get_many(self._s.history_table, pending) if pending else ():
-            found.append(self._version(tenant, resource_type, str(item["pk"]).rsplit("|", 1)[1], item))
+            _, resource_type, resource_id = split_resource_key(str(item["pk"]))
+            found.append(self._version(tenant, resource_type, resource_id, item))
         return found
 
     def provenances(self, tenant: str, ids: Sequence[str]) -> list[dict[str, Any]]:
