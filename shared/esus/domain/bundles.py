@@ -284,21 +284,26 @@ class BundleService:
             return
         items = [item for write, sort_key in writes for item in self._store.resource_write_items(write, sort_key)]
         token = str(uuid.uuid4())
-        for attempt in range(LOCK_ATTEMPTS):
-            try:
-                self._store.transact(items, token)
-                break
-            except TransientConflict:
-                continue
-            except Locked as locked:  # a large transaction holds a resource: settle it, then try again
-                self._resources.settle(locked, attempt)
-            except VersionConflict:
-                raise Conflict("A resource in the transaction was changed concurrently; nothing was stored") from None
-        else:
+
+        def transact() -> None:
+            for attempt in range(LOCK_ATTEMPTS):
+                try:
+                    self._store.transact(items, token)
+                    return
+                except TransientConflict:
+                    continue
+                except Locked as locked:  # a large transaction holds a resource: settle it, then try again
+                    self._resources.settle(locked, attempt)
+                except VersionConflict:
+                    raise Conflict("A resource in the transaction was changed concurrently; nothing was stored") \
+                        from None
             raise Conflict("The transaction kept conflicting with concurrent writes; nothing was stored",
                            headers={"Retry-After": "1"})
-        # Search index items beside the transaction, before the response: read-your-writes.
-        in_parallel(index_writes(self._store, [e for write, _ in writes for e in write.deferred_index]))
+
+        # Search index items side by side with the transaction, as for a single write: one round trip, and the
+        # response waits for both (read-your-writes). If the transaction fails they are orphans that no search
+        # ever returns (docs/SEARCH.md); its error is the one raised.
+        in_parallel([transact, *index_writes(self._store, [e for write, _ in writes for e in write.deferred_index])])
 
 
 def _interaction(method: str, request: dict[str, Any], conditional_url: bool = False) -> str:
