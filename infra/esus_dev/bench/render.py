@@ -42,7 +42,8 @@ def render_compartment(report: Report) -> list[str]:
         f"One Synthea patient, {report.compartment[0].source}, loaded once; every page requested by following the "
         "`next` links (the first run warms up, the others are timed). `$everything` reads the patient's "
         "compartment partition and Provenance's `patient` index (keys-only Queries, side by side), then the page's "
-        "candidates and what they reference (BatchGetItem per type); a compartment search reads only its type's "
+        "candidates and what they reference (a BatchGetItem for every type together, Provenance records beside it); "
+        "a compartment search reads only its type's "
         "range of the partition (docs/SEARCH.md, \"Compartments\"). DynamoDB calls are counted per page.",
         "",
         *table(["Read", "Request", "Pages", "Entries", "DynamoDB calls per page", "Mean calls per page",
