@@ -16,7 +16,7 @@ functions through esus.http.api.lambda_entry) and imports nothing third-party be
 (tests/unit/test_coldstart.py holds both).
 
 Cost: garbage in reference cycles made before a freeze is kept for the environment's life instead of being
-collected. Import and one request make little of it (docs/BENCH.md counts it: a few dozen objects); everything
+collected. Import and one request make little of it (docs/BENCH.md counts it: a few hundred objects); everything
 else is freed by reference counting, as always. Outside Lambda (tests and the local stack run many functions in
 one process) nothing changes.
 """

@@ -232,9 +232,10 @@ def render_cold(report: Report) -> list[str]:
         "- Each child runs as a deployed function does, with Lambda's `LAMBDA_TASK_ROOT` set (the function's folder), "
         "but without tracing (`POWERTOOLS_TRACE_DISABLED`, as the local stack runs): the X-Ray SDK is not loaded. "
         "In Lambda, with tracing on, the Tracer loads it at import.",
-        "- Garbage collector (esus.coldstart): in Lambda a route function freezes what its import built and pauses "
-        "CPython's cyclic collector until its first request has returned, then freezes that request's objects too "
-        "and resumes it. The bare handler keeps the default collector. Time in collector passes, medians (ms), "
+        "- Garbage collector (esus.coldstart): in Lambda a function pauses CPython's cyclic collector from its first "
+        "import of esus until its first request has returned, freezing what its import and that request built, "
+        "then resumes it. The bare handler keeps the default collector. Time in collector passes during import + "
+        "first request, medians (ms), "
         "and the garbage the freezes kept (objects in reference cycles a collection would have freed, the most over "
         "the rounds): " + "; ".join(
             f"{'bare' if c.function == BARE else c.function} {c.gc_import_ms:.0f} + {c.gc_first_request_ms:.0f}"
