@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from esus import coldstart
 from esus.security.auth import PATIENT_ID
 from esus_dev.localstack import stackstate
 from esus_dev.localstack.devkeys import dev_dir, mint_token
@@ -268,6 +269,7 @@ def explain(exc: BaseException, args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    coldstart.resume()  # a tool, not a route function: in a Lambda image the collector must not stay paused
     parser = argparse.ArgumentParser(prog="esus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

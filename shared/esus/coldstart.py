@@ -13,7 +13,8 @@ bench machine. In a warm environment each later full pass walks it all again. So
 
 Every function module under functions/ therefore wraps its handler with `collect_after_first_call` (route
 functions through esus.http.api.lambda_entry) and imports nothing third-party before `esus`
-(tests/unit/test_coldstart.py holds both).
+(tests/unit/test_coldstart.py holds both). Anything else that imports esus where LAMBDA_TASK_ROOT is set calls
+`resume()` (the `esus` CLI does), or the collector stays paused.
 
 Cost: garbage in reference cycles made before a freeze is kept for the environment's life instead of being
 collected. Import and one request make little of it (docs/BENCH.md counts it: a few hundred objects); everything
@@ -44,6 +45,12 @@ def pause_for_init() -> None:
     """In Lambda, pause the collector until collect_after_first_call's first call has returned."""
     if in_lambda():
         gc.disable()
+
+
+def resume() -> None:
+    """For code that imports esus in a Lambda environment without serving through collect_after_first_call (the
+    `esus` operator CLI run from a Lambda image, another function on the shared layer): the collector runs."""
+    gc.enable()
 
 
 def collect_after_first_call(handler: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:

@@ -218,3 +218,28 @@ def test_a_large_transaction_rolls_a_large_entry_forward_with_its_object(local: 
     current = [i for i in _items(local, "resources_table") if i["pk"]["S"].endswith(doc_id)]
     assert current and "obj" in current[0] and "tx" not in current[0]
     assert verify_all(services()).ok
+
+
+def test_repair_completes_the_idx_of_a_large_version_without_a_new_object(
+    local: InProcessStack, monkeypatch: Any
+) -> None:
+    """A large DocumentReference stored before compartment items existed: `--repair-index` writes its item and
+    rewrites only the current item's idx; the sealed object and its pointer stay as they are."""
+    from esus.domain import search_index
+
+    patient = local.json(local.request("POST", "/Patient", {"resourceType": "Patient"}))["id"]
+    with monkeypatch.context() as earlier:
+        earlier.setattr(search_index, "compartment_patients", lambda resource_type, resource: set())
+        document = {**_document(500_000), "subject": {"reference": f"Patient/{patient}"}}
+        created = local.json(local.request("POST", "/DocumentReference", document))
+    before = {i["pk"]["S"]: i for i in _items(local, "resources_table")}
+    objects = _objects(local)
+    assert not verify_all(services()).ok
+    assert verify_all(services(), repair_index=True).ok and verify_all(services()).ok
+    after = {i["pk"]["S"]: i for i in _items(local, "resources_table")}
+    key = f"acme|DocumentReference|{created['id']}"
+    assert len(after[key]["idx"]["L"]) == len(before[key]["idx"]["L"]) + 1
+    assert {k: v for k, v in after[key].items() if k != "idx"} == {k: v for k, v in before[key].items() if k != "idx"}
+    assert _objects(local) == objects
+    found = local.json(local.request("GET", f"/Patient/{patient}/DocumentReference"))
+    assert [e["resource"]["id"] for e in found["entry"]] == [created["id"]]

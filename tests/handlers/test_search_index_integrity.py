@@ -168,3 +168,24 @@ def test_members_stored_before_compartment_items_are_added_by_repair(
     assert _verify().ok
     assert _everything(local, pid) == {f"Patient/{pid}", f"Observation/{oid}"}
     assert local.json(local.request("GET", f"/Patient/{pid}/Observation"))["total"] == 1
+
+
+def test_members_stored_before_compartment_items_are_added_after_a_key_rotation_too(
+    local: InProcessStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under an older key the other items cannot be compared yet, but missing compartment items are still
+    reported, and the repair moves the version to the current key with its complete idx (as reencrypt would)."""
+    from esus.container import build_services, use_services
+    from esus.ops.rotation import rotate_root_key
+
+    pid = local.json(local.request("POST", "/Patient", PATIENT))["id"]
+    with monkeypatch.context() as earlier:
+        earlier.setattr(search_index, "compartment_patients", lambda resource_type, resource: set())
+        oid = local.json(local.request("POST", "/Observation", _observation(pid)))["id"]
+    settings = get_settings()
+    rotate_root_key(local.secrets, settings.root_key_secret_id)
+    use_services(build_services(settings, local.ddb, local.secrets, local.s3))
+    assert _verify().problems == [f"acme|Observation|{oid}: idx does not list 1 index item(s) its content needs "
+                                  "(esus verify --repair-index adds them)"]
+    assert _verify(repair=True).ok and _verify().ok
+    assert _everything(local, pid) == {f"Patient/{pid}", f"Observation/{oid}"}

@@ -159,3 +159,17 @@ def test_the_lambda_variables_are_powertools_own() -> None:
 
     assert (coldstart.LAMBDA_TASK_ROOT_ENV, coldstart.SAM_LOCAL_ENV, coldstart.CHALICE_LOCAL_ENV) == (
         constants.LAMBDA_TASK_ROOT_ENV, constants.SAM_LOCAL_ENV, constants.CHALICE_LOCAL_ENV)
+
+
+def test_the_operator_cli_runs_with_the_collector_even_in_a_lambda_image() -> None:
+    """`esus` imports esus (which pauses the collector where LAMBDA_TASK_ROOT is set) but serves no route: it
+    resumes it."""
+    env = {k: v for k, v in os.environ.items() if k not in LAMBDA_VARIABLES}
+    env.update({"PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO / "infra")]),
+                "LAMBDA_TASK_ROOT": "/var/task"})
+    probe = ("import contextlib, gc, io, sys; from esus_dev import cli; paused = not gc.isenabled(); "
+             "out = io.StringIO()\nwith contextlib.redirect_stdout(out): cli.main(['openapi'])\n"
+             "print(paused, gc.isenabled(), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == "True True"

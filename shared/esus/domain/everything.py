@@ -87,8 +87,7 @@ class EverythingService:
 
     def _candidate_keys(self, tenant: str, patient_id: str, types: list[str]) -> list[str]:
         """`rank|type|id`, sorted: the Patient itself first (rank 0), then every other candidate."""
-        # Provenance's index in a worker while this thread runs the compartment lookups side by side (in the
-        # same pool: a worker never waits on other workers).
+        # Provenance's index in a worker while this thread reads the compartment partition.
         provenance = pool().submit(self._search.provenance_ids_referencing, tenant, "patient",
                                    [f"{PATIENT}/{patient_id}"]) if PROVENANCE in types else None
         found = self._search.compartment_ids(tenant, patient_id, [t for t in types if t != PROVENANCE])

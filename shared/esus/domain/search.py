@@ -189,6 +189,8 @@ class SearchService:
         """Per type, the ids of the members of Patient {patient_id}'s compartment partition (a superset to re-check:
         items of older versions remain): one keys-only Query per live key version, side by side; for a single
         type only that type's key range. Provenance is not among `types` (it has its own index)."""
+        if not types:
+            return {}
         prefix = f"{types[0]}|" if len(types) == 1 else ""
         calls: list[Callable[[], list[str]]] = [
             partial(self._store.index_sort_keys, partition, prefix=prefix)

@@ -32,7 +32,8 @@ four passes that need nothing from one another:
    complete: a Provenance missing from its target partition is reported here. A record without `ikv` has
    items keyed by references in clear (written before tokens): reported, `esus reencrypt` moves them.
 3. Index, page by page: each search index item's owner (the current item its sort key names, read
-   keys-and-`idx` only) still lists it; those it does not are stale.
+   keys-and-`idx` only) still lists it; those it does not are stale, except the young items of a version newer
+   than the owner's (written beside a transaction less than an hour ago: the write may still be committing).
 4. Objects, one listing page (1000 keys) at a time, under the tenant's prefix when one is given: each key names
    its version (tenant/type/id/version/digest), whose history and current items are read (keys and `obj` only)
    in batches.
@@ -59,8 +60,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from esus.container import Services
+from esus.domain.compartment import compartment_patients
 from esus.domain.fhir import PROVENANCE
-from esus.domain.search_index import SearchKeys, index_owner, search_entry_from_ref
+from esus.domain.search_index import SearchKeys, index_owner, parse_sort_key, search_entry_from_ref
 from esus.domain.search_params import params_for
 from esus.model import IndexEntry, Version
 from esus.security.crypto import IntegrityFailure
@@ -152,11 +154,13 @@ def verify_all(services: Services, tenant: str | None = None, repair_index: bool
                orphan_min_age: timedelta = ORPHAN_MIN_AGE) -> VerifyReport:
     """All tenants, or only `tenant`'s items (every key begins with the tenant). With `repair_index`,
     missing search index items are written (from `idx`) and stale ones deleted instead of reported.
-    Unreferenced objects older than `orphan_min_age` are counted as orphaned."""
+    Unreferenced objects older than `orphan_min_age` are counted as orphaned; index items of a version newer than
+    their resource's current one, written beside a transaction less than `orphan_min_age` ago, are left alone
+    (their write may still be committing)."""
     checker = _Checker(services, tenant, repair_index)
     checker.check_resources()
     checker.check_provenance()
-    checker.check_index()
+    checker.check_index(orphan_min_age)
     checker.check_objects(remove=False, min_age=orphan_min_age)
     checker.report_stuck()
     return checker.report
@@ -300,23 +304,30 @@ class _Checker:
 
     def _unlisted_index(self, key: str, tenant: str, current: Version, item: dict[str, Any],
                         repair: bool) -> list[str]:
-        """`idx` must list every index item the content needs. Tokens carry their key version, so the
-        recomputation (under the current key) is comparable only once the item is under that key. Items of a
-        kind added since the version was written (a patient's compartment) are unlisted too: `--repair-index`
-        writes them and rewrites the current item's `idx` (conditioned on its version)."""
+        """`idx` must list every index item the content needs. Items of a kind added since the version was written (a
+        patient's compartment) are unlisted too: `--repair-index` writes them and gives the current item the
+        complete `idx` (conditioned on its version). Tokens carry their key version, so under an older key only
+        the compartment items can be counted (the rest is compared once `esus reencrypt` moved it; a repair moves
+        it now, as `esus reencrypt` would)."""
         listed = set(items.index_refs(item))
         current_kv = self.keyring.current_version()
-        if any(_sealed_key(ref) and not _sealed_key(ref).startswith(f"k{current_kv}.") for ref in listed):
-            return []  # tokens under an older key: `esus reencrypt` moves them, then it is checked
-        needed = {e.ref for e in self.resources.index_entries(tenant, current)}
-        unlisted = needed - listed
+        old_key = any(_sealed_key(ref) and not _sealed_key(ref).startswith(f"k{current_kv}.") for ref in listed)
+        if old_key:
+            needed_members = len(compartment_patients(current.resource_type, current.resource or {}))
+            listed_members = sum(is_compartment_partition(IndexEntry.from_ref(ref).partition) for ref in listed)
+            unlisted = max(0, needed_members - listed_members)
+        else:
+            unlisted = len({e.ref for e in self.resources.index_entries(tenant, current)} - listed)
         if not unlisted:
             return []
-        if repair and self.store.reencrypt_version_item(
-                self.settings.resources_table, item, current_kv, self.resources.index_entries, reindex=True):
-            self.report.tenant(tenant).repaired_index_items += len(unlisted)
-            return []
-        return [f"{key}: idx does not list {len(unlisted)} index item(s) its content needs (esus verify "
+        if repair:
+            table, entries = self.settings.resources_table, self.resources.index_entries
+            done = (self.store.reencrypt_version_item(table, item, current_kv, entries) if old_key
+                    else self.store.complete_index(item, entries))
+            if done:
+                self.report.tenant(tenant).repaired_index_items += unlisted
+                return []
+        return [f"{key}: idx does not list {unlisted} index item(s) its content needs (esus verify "
                 "--repair-index adds them)"]
 
     def _decode(self, tenant: str, resource_type: str, resource_id: str, item: dict[str, Any], label: str,
@@ -380,9 +391,10 @@ class _Checker:
                         f"{key}: index item {entry.partition} is missing")
 
     # ---------- pass 3: search index items a current version no longer lists are stale ----------
-    def check_index(self) -> None:
+    def check_index(self, orphan_min_age: timedelta = ORPHAN_MIN_AGE) -> None:
         for page in self.store.scan_pages(self.settings.index_table, self.only):
             searchable: list[IndexEntry] = []
+            young: dict[str, int] = {}  # ref -> when written, for items written beside a transaction
             for item in page:
                 partition, sort = items.key(item), items.sort(item)
                 tenant = key_tenant(partition)
@@ -394,8 +406,11 @@ class _Checker:
                 if self._in_transaction(tenant, items.lock(item)):
                     continue
                 if is_search_partition(partition):
-                    searchable.append(IndexEntry(partition, sort, index_owner(partition, sort)[1]))
-            stale = self._unowned(searchable)
+                    entry = IndexEntry(partition, sort, index_owner(partition, sort)[1])
+                    searchable.append(entry)
+                    if (written := items.written(item)) is not None:
+                        young[entry.ref] = written
+            stale = self._unowned(searchable, young, orphan_min_age)
             if stale and self.repair_index:
                 self.store.delete_index_items([e.ref for e in stale])
             for entry in stale:
@@ -403,16 +418,26 @@ class _Checker:
                 tenant_report.stale_index_items += 1
                 tenant_report.repaired_index_items += int(self.repair_index)
 
-    def _unowned(self, entries: list[IndexEntry]) -> list[IndexEntry]:
+    def _unowned(self, entries: list[IndexEntry], written: dict[str, int], min_age: timedelta) -> list[IndexEntry]:
+        """The entries no current item lists. Left out: those of a locked owner (its pending version may own
+        items its current `idx` does not list yet), and those of a version newer than the owner's current one
+        written beside a transaction less than `min_age` ago (its write may still be committing)."""
         def owner(entry: IndexEntry) -> str:
             return resource_key(key_tenant(entry.partition), *index_owner(entry.partition, entry.sort))
 
         owners = self.store.get_many(self.settings.resources_table, [items.current_key(owner(e)) for e in entries],
                                      attributes=items.OWNER_ATTRIBUTES)
         owned = {(items.key(o), ref) for o in owners for ref in items.index_refs(o)}
-        # A locked owner's pending version may own items its current `idx` does not list yet.
         locked = {items.key(o) for o in owners if items.lock(o) is not None}
-        return [e for e in entries if (owner(e), e.ref) not in owned and owner(e) not in locked]
+        versions = {items.key(o): items.version_number(o) or 0 for o in owners}
+        young_since = datetime.now(UTC).timestamp() - min_age.total_seconds()
+
+        def in_flight(entry: IndexEntry) -> bool:
+            return written.get(entry.ref, 0) > young_since and \
+                parse_sort_key(entry.sort)[1] > versions.get(owner(entry), 0)
+
+        return [e for e in entries
+                if (owner(e), e.ref) not in owned and owner(e) not in locked and not in_flight(e)]
 
     # ---------- pass 4: every object is a version's body ----------
     def check_objects(self, remove: bool, min_age: timedelta) -> None:

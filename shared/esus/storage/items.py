@@ -12,11 +12,12 @@ VERSION, LAST_UPDATED, INDEX_REFS, OBJECT = "v", "lu", "idx", "obj"
 LOCK = "tx"  # the large transaction an item is locked by, or pending in (docs/TRANSACTIONS.md)
 RECORDED, INDEX_KEY_VERSION = "rec", "ikv"  # a Provenance record's
 FINISHED = "fin"  # a transaction record's
+WRITTEN = "w"  # an index item written beside (not inside) its version's transaction: when (epoch seconds)
 
 Item = dict[str, Any]
 
 # Projections: what a lookup reads when it needs only this much.
-OWNER_ATTRIBUTES = (KEY, INDEX_REFS, LOCK)  # does a current item still list an index item?
+OWNER_ATTRIBUTES = (KEY, INDEX_REFS, LOCK, VERSION)  # does a current item still list an index item?
 OBJECT_ATTRIBUTES = (KEY, VERSION, OBJECT)  # does a version point to an object?
 KEY_ATTRIBUTES = (KEY, SORT)
 
@@ -45,6 +46,12 @@ def lock(item: Item) -> str | None:
 
 def index_refs(item: Item) -> list[str]:
     return [str(ref) for ref in item.get(INDEX_REFS) or ()]
+
+
+def written(item: Item) -> int | None:
+    """When an index item written beside its version's transaction was written (None: inside one, or before
+    this was recorded)."""
+    return int(item[WRITTEN]) if WRITTEN in item else None
 
 
 def object_key(item: Item) -> str | None:

@@ -532,8 +532,11 @@ class Store:
         return {"Put": {"TableName": self._s.index_table, "Item": _item(index_item(entry))}}
 
     def put_index_items(self, entries: Sequence[IndexEntry]) -> None:
-        """Idempotent puts outside any transaction (search index items, docs/SEARCH.md)."""
-        self._batch_write([self.index_put(e)["Put"]["Item"] for e in entries], [])
+        """Idempotent puts outside any transaction (search index items, docs/SEARCH.md). Each carries when it was
+        written: until its version commits it looks like an orphan, and `esus verify --repair-index` leaves young
+        ones alone."""
+        written = _av(int(time.time()))
+        self._batch_write([{**self.index_put(e)["Put"]["Item"], "w": written} for e in entries], [])
 
     def delete_index_items(self, refs: Sequence[str]) -> None:
         keys = [self.index_delete(ref)["Delete"]["Key"] for ref in refs]
@@ -698,14 +701,39 @@ class Store:
         tokens_stale = any(f"|k{current_kv}." not in ref.split("\n", 1)[0] for ref in item.get("idx") or ())
         return bool(versions - {current_kv}) or tokens_stale
 
+    def complete_index(self, item: dict[str, Any], index_entries: Callable[[str, Version], list[IndexEntry]]) -> bool:
+        """Give a current item the `idx` its content needs (a version written before a kind of index item existed):
+        the new index items first, then `idx` alone, conditioned on the version (the sealed content and any object
+        stay as they are), then the items it no longer lists. False: written meanwhile, or held by a large
+        transaction."""
+        if "tx" in item:
+            return False
+        pk = str(item["pk"])
+        tenant, resource_type, resource_id = split_resource_key(pk)
+        version = self._version(tenant, resource_type, resource_id, item)
+        entries = index_entries(tenant, version)
+        refs, old_refs = [e.ref for e in entries], set(version.index_refs)
+        self.put_index_items([e for e in entries if e.ref not in old_refs])
+        try:
+            self._ddb.update_item(
+                TableName=self._s.resources_table, Key={"pk": _av(pk)},
+                UpdateExpression="SET idx = :idx" if refs else "REMOVE idx",
+                ConditionExpression="v = :v AND attribute_not_exists(tx)",
+                ExpressionAttributeValues={":v": _av(version.version), **({":idx": _av(refs)} if refs else {})})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False  # its new items stay: orphans, stale to verify, as after any failed write
+            raise
+        self.delete_index_items(sorted(old_refs - set(refs)))
+        return True
+
     def reencrypt_version_item(
         self, table: str, item: dict[str, Any], current_kv: str,
-        index_entries: Callable[[str, Version], list[IndexEntry]] | None = None, reindex: bool = False,
+        index_entries: Callable[[str, Version], list[IndexEntry]] | None = None,
     ) -> bool:
         """Re-seal one resources/history item under the current key version (and, for current items,
-        move its index items to current-version tokens), conditioned on the version it had. `reindex`: a current
-        item under the current key too (its `idx` lacks items its content needs: written before they existed)."""
-        if "tx" in item or not (reindex or self._is_stale(item, current_kv)):
+        move its index items to current-version tokens), conditioned on the version it had."""
+        if "tx" in item or not self._is_stale(item, current_kv):
             return False  # a large transaction's item: its roll-forward or roll-back rewrites it
         pk = str(item["pk"])
         tenant, resource_type, resource_id = split_resource_key(pk)
