@@ -75,6 +75,32 @@ def test_in_lambda_the_collector_resumes_after_the_first_request_and_its_objects
     assert gc.get_freeze_count() == frozen
 
 
+def test_a_large_first_call_has_its_garbage_collected_before_the_freeze(
+    collector: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Garbage cycles of a first call that built far more than usual are freed, not frozen for good; those of a
+    usual one are frozen (collecting them would cost more than they weigh)."""
+    from esus import coldstart
+
+    monkeypatch.setenv("LAMBDA_TASK_ROOT", "/var/task")
+
+    def handler(event: Any, context: Any) -> None:
+        for _ in range(event):
+            cycle: list[Any] = []
+            cycle.append(cycle)
+
+    def kept_after_first_call(garbage: int) -> int:
+        gc.unfreeze()
+        gc.collect()
+        collect_after_first_call(handler)(garbage, None)
+        gc.unfreeze()
+        return gc.collect()
+
+    monkeypatch.setattr(coldstart, "LARGE_FIRST_CALL", 10_000)
+    assert kept_after_first_call(2_000) >= 2_000
+    assert kept_after_first_call(20_000) < 1_000
+
+
 def test_a_first_request_that_raises_still_resumes_the_collector(collector: None,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAMBDA_TASK_ROOT", "/var/task")
