@@ -181,3 +181,17 @@ def test_the_shape_generator_fails_closed_on_what_the_fast_check_does_not_mirror
     with pytest.raises(SystemExit, match="constraints"):
         shapes.class_shape(TightenedString, [])
     assert shapes.class_shape(ConstrainedPrimitive, [])["fields"]["text"] == shapes.UNSUPPORTED  # type: ignore[index]
+
+
+def test_only_a_string_part_of_a_wider_string_parameter_is_indexed_under_it() -> None:
+    """The generator marks `indexed_under` only when the narrow element is a `string` (a complex part, such as a
+    contact's HumanName under the contact, has values string_values would not take from the wider one)."""
+    from esus_dev.codegen.gen_search_params import SCHEMA, _mark_indexed_under
+
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    params = {code: {"type": "string", "expression": expression} for code, expression in {
+        "name": "Patient.name", "family": "Patient.name.family", "contact": "Patient.contact",
+        "contact-name": "Patient.contact.name", "use": "Patient.name.use"}.items()}
+    _mark_indexed_under(params, schema)
+    assert {code: p.get("indexed_under") for code, p in params.items()} == {
+        "name": None, "family": "name", "contact": None, "contact-name": None, "use": None}

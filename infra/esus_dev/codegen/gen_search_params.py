@@ -30,6 +30,7 @@ from esus_dev.codegen.fhirpath_plans import plan
 
 REPO = Path(__file__).resolve().parents[3]
 SOURCE = REPO.parent / "shared" / "fhir-spec" / "r4" / "search-parameters.json"
+SCHEMA = SOURCE.with_name("fhir.schema.json")
 TARGET = REPO / "shared" / "esus" / "domain" / "search_params_r4.json"
 SUPPORTED_KINDS = ("number", "date", "string", "token", "reference", "quantity", "uri")
 # Parameters whose meaning is not their expression's value: a phonetic match needs an algorithm
@@ -113,23 +114,41 @@ def generate(source: Path = SOURCE) -> dict[str, dict[str, dict[str, Any]]]:
             entry = _entry(resource_type, resource)
             if entry is not None:
                 table[resource_type][str(resource["code"])] = entry
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
     for params in table.values():
-        _mark_indexed_under(params)
+        _mark_indexed_under(params, schema)
     return {t: dict(sorted(params.items())) for t, params in table.items()}
 
 
-def _mark_indexed_under(params: dict[str, dict[str, Any]]) -> None:
+def _mark_indexed_under(params: dict[str, dict[str, Any]], schema: dict[str, Any]) -> None:
     """A string parameter whose expression is a plain member path `P.part`, where `P` is the whole expression of
-    another string parameter and `part` one of the text parts esus.domain.search_semantics.string_values takes
-    from P's values, has each of its values among the wider one's values: every index term it would write, the
-    wider one writes too (tests/unit/test_fhirsearch.py holds that on every example)."""
+    another string parameter and `part` a `string` element (per the FHIR JSON schema) that is one of the text
+    parts esus.domain.search_semantics.string_values takes from P's values, has each of its values among the wider
+    one's values: every index term it would write, the wider one writes too (tests/unit/test_fhirsearch.py holds
+    that on every example)."""
     wider = {e["expression"]: code for code, e in params.items()
              if e["type"] == "string" and MEMBER_PATH.fullmatch(e["expression"])}
     for entry in params.values():
         whole, _, part = entry["expression"].rpartition(".")
         if (entry["type"] == "string" and MEMBER_PATH.fullmatch(entry["expression"]) and whole in wider
-                and part not in NON_TEXT_PARTS):
+                and part not in NON_TEXT_PARTS and _element_type(schema, entry["expression"]) == "string"):
             entry["indexed_under"] = wider[whole]
+
+
+def _element_type(schema: dict[str, Any], path: str) -> str | None:
+    """`Patient.name.family` -> "string": the schema definition a member path ends at (None: not a plain path)."""
+    definitions = schema["definitions"]
+    root, *members = path.split(".")
+    current = root
+    for member in members:
+        element = definitions.get(current, {}).get("properties", {}).get(member)
+        if element is None:
+            return None
+        reference = element.get("$ref") or element.get("items", {}).get("$ref")
+        if not isinstance(reference, str):
+            return None
+        current = reference.rsplit("/", 1)[-1]
+    return current
 
 
 def render(table: dict[str, dict[str, dict[str, Any]]]) -> str:
