@@ -20,10 +20,13 @@ Outside a SnapStart init (`AWS_LAMBDA_INITIALIZATION_TYPE` is not "snap-start") 
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import random
 from collections.abc import Callable
+
+from esus import coldstart
 
 INITIALIZATION_TYPE = "AWS_LAMBDA_INITIALIZATION_TYPE"
 SNAPSHOT_INIT = "snap-start"
@@ -76,6 +79,8 @@ def prime() -> None:
     validate_with_models(PROVENANCE, record)  # the nested models a body the fast check cannot prove needs
     for module in ON_DEMAND_SERVICES:  # built on first use (esus.container.Services): loaded before the snapshot
         importlib.import_module(module)
+    if coldstart.in_lambda():
+        gc.freeze()  # what priming built lives as long as every restored environment (esus.coldstart)
 
 
 def after_restore() -> None:

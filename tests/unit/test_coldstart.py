@@ -199,3 +199,23 @@ def test_the_operator_cli_runs_with_the_collector_even_in_a_lambda_image() -> No
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                           check=True, timeout=120)
     assert done.stderr.strip().splitlines()[-1] == "True True"
+
+
+def test_what_snapstart_priming_builds_is_frozen_before_the_snapshot() -> None:
+    """Priming loads what a first request would (esus.snapstart): in Lambda it is frozen with the rest of the init,
+    so the first request after a restore neither walks it nor counts it towards a large first call."""
+    env = {k: v for k, v in os.environ.items() if k not in LAMBDA_VARIABLES}
+    env.update({"PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO / "infra")]),
+                "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "true",
+                "LAMBDA_TASK_ROOT": str(REPO / "functions" / "create")})
+    probe = ("import gc, importlib.util, json\n"
+             "spec = importlib.util.spec_from_file_location('fn_create', 'functions/create/app.py')\n"
+             "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+             "frozen = gc.get_freeze_count()\n"
+             "from esus import snapstart\n"
+             "snapstart.prime()\n"
+             "print(json.dumps([frozen, gc.get_freeze_count(), gc.get_count()[0], gc.isenabled()]))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                          check=True, timeout=120)
+    frozen_at_import, frozen_after_prime, young, enabled = json.loads(done.stdout.strip().splitlines()[-1])
+    assert frozen_after_prime > frozen_at_import + 10_000 and young < 1_000 and enabled is False
