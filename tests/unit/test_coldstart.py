@@ -143,13 +143,19 @@ print(json.dumps({"import": after_import, "request": after_request, "status": st
 FUNCTIONS = sorted(p.parent.name for p in (REPO / "functions").glob("*/app.py"))
 
 
-def _probe(name: str, in_a_lambda: bool) -> dict[str, Any]:
+def _child_env(task_root: str | None) -> dict[str, str]:
+    """A child process's environment: the layer and the tools on the path, no tracing; in Lambda iff task_root."""
     env = {k: v for k, v in os.environ.items() if k not in LAMBDA_VARIABLES}
     env.update({"PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO / "infra")]),
                 "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_METRICS_DISABLED": "true"})
-    if in_a_lambda:
-        env["LAMBDA_TASK_ROOT"] = str(REPO / "functions" / name)
+    if task_root is not None:
+        env["LAMBDA_TASK_ROOT"] = task_root
+    return env
+
+
+def _probe(name: str, in_a_lambda: bool) -> dict[str, Any]:
+    env = _child_env(str(REPO / "functions" / name) if in_a_lambda else None)
     done = subprocess.run([sys.executable, "-c", PROBE, name], cwd=REPO, env=env, capture_output=True, text=True,
                           check=True, timeout=120)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -190,9 +196,7 @@ def test_the_lambda_variables_are_powertools_own() -> None:
 def test_the_operator_cli_runs_with_the_collector_even_in_a_lambda_image() -> None:
     """`esus` imports esus (which pauses the collector where LAMBDA_TASK_ROOT is set) but serves no route: it
     resumes it."""
-    env = {k: v for k, v in os.environ.items() if k not in LAMBDA_VARIABLES}
-    env.update({"PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO / "infra")]),
-                "LAMBDA_TASK_ROOT": "/var/task"})
+    env = _child_env("/var/task")
     probe = ("import contextlib, gc, io, sys; from esus_dev import cli; paused = not gc.isenabled(); "
              "out = io.StringIO()\nwith contextlib.redirect_stdout(out): cli.main(['openapi'])\n"
              "print(paused, gc.isenabled(), file=sys.stderr)")
@@ -204,10 +208,7 @@ def test_the_operator_cli_runs_with_the_collector_even_in_a_lambda_image() -> No
 def test_what_snapstart_priming_builds_is_frozen_before_the_snapshot() -> None:
     """Priming loads what a first request would (esus.snapstart): in Lambda it is frozen with the rest of the init,
     so the first request after a restore neither walks it nor counts it towards a large first call."""
-    env = {k: v for k, v in os.environ.items() if k not in LAMBDA_VARIABLES}
-    env.update({"PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO / "infra")]),
-                "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_TRACE_DISABLED": "true",
-                "LAMBDA_TASK_ROOT": str(REPO / "functions" / "create")})
+    env = _child_env(str(REPO / "functions" / "create"))
     probe = ("import gc, importlib.util, json\n"
              "spec = importlib.util.spec_from_file_location('fn_create', 'functions/create/app.py')\n"
              "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"

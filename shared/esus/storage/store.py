@@ -33,6 +33,7 @@ from esus.security.crypto import FieldContext, IntegrityFailure
 from esus.security.phi import ResourceCodec
 from esus.settings import Settings
 from esus.storage.errors import Locked, TooManyItems, TransientConflict, VersionConflict
+from esus.storage.items import WRITTEN
 from esus.storage.objects import ObjectStore, digest_of, object_key, pack, unpack
 from esus.storage.write_plan import (
     GUARD_SORT,
@@ -536,7 +537,7 @@ class Store:
         written: until its version commits it looks like an orphan, and `esus verify --repair-index` leaves young
         ones alone."""
         written = _av(int(time.time()))
-        self._batch_write([{**self.index_put(e)["Put"]["Item"], "w": written} for e in entries], [])
+        self._batch_write([{**self.index_put(e)["Put"]["Item"], WRITTEN: written} for e in entries], [])
 
     def delete_index_items(self, refs: Sequence[str]) -> None:
         keys = [self.index_delete(ref)["Delete"]["Key"] for ref in refs]
